@@ -1,0 +1,390 @@
+"""The `imagen` command: migrate, worker, submit, generate, jobs, cancel, providers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import asyncpg
+import click
+
+from . import __version__
+from .config import Settings
+from .db import connect, resolve_database_url
+from .errors import ImagenError
+from .jobs import cancel_job, get_job, list_jobs, local_owner_id, submit_job
+from .migrate import migrate as run_migrations
+from .queries import q
+from .spec import parse_spec
+
+T = TypeVar("T")
+
+database_url_option = click.option(
+    "--database-url",
+    envvar="IMAGEN_DATABASE_URL",
+    default=None,
+    help="PostgreSQL URL [env IMAGEN_DATABASE_URL]; unset: the embedded database in the data directory.",
+)
+
+
+def _run(make: Callable[[], Awaitable[T]]) -> T:
+    try:
+        return asyncio.run(make())  # type: ignore[arg-type]
+    except ImagenError as exc:
+        raise click.ClickException(str(exc)) from None
+    except asyncpg.PostgresError as exc:
+        detail = f" ({exc.hint})" if getattr(exc, "hint", None) else ""
+        raise click.ClickException(f"{exc}{detail}") from None
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _owner(value: str | None) -> uuid.UUID:
+    if value is None:
+        return local_owner_id()
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a UUID", param_hint="--owner") from None
+
+
+@click.group()
+@click.version_option(__version__, prog_name="imagen")
+def main() -> None:
+    """imagen-canvas's job queue and image worker."""
+
+
+@main.command()
+@database_url_option
+def migrate(database_url: str | None) -> None:
+    """Apply pending schema migrations (safe to run concurrently; a no-op when up to date)."""
+
+    async def go() -> None:
+        conn = await connect(database_url, migrate=False)
+        try:
+            result = await run_migrations(conn)
+        finally:
+            await conn.close()
+        if result.applied:
+            for name in result.applied:
+                click.echo(f"applied {name}")
+            click.echo(f"{len(result.applied)} migration(s) applied")
+        else:
+            click.echo(f"up to date: {len(result.already)} migration(s) already applied, nothing to do")
+
+    _run(go)
+
+
+@main.command()
+@database_url_option
+@click.option(
+    "--concurrency",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Jobs in flight at once [env IMAGEN_WORKER_CONCURRENCY, 8].",
+)
+@click.option(
+    "--poll-interval",
+    type=click.FloatRange(min=0.05),
+    default=None,
+    help="Safety poll, seconds [env IMAGEN_POLL_INTERVAL, 5].",
+)
+@click.option(
+    "--lease-seconds",
+    type=click.FloatRange(min=1),
+    default=None,
+    help="Lease length, renewed by heartbeat [env IMAGEN_LEASE_SECONDS, 30].",
+)
+@click.option(
+    "--job-timeout",
+    type=click.FloatRange(min=0.1),
+    default=None,
+    help="Per-job timeout, seconds [env IMAGEN_JOB_TIMEOUT, 300].",
+)
+@click.option(
+    "--shutdown-grace",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="On SIGTERM, seconds in-flight jobs may finish [env IMAGEN_SHUTDOWN_GRACE, 30].",
+)
+@click.option(
+    "--scope",
+    type=click.Choice(["all", "owner"]),
+    default="all",
+    show_default=True,
+    help="Run every owner's jobs, or one owner's.",
+)
+@click.option(
+    "--owner", default=None, help="With --scope owner: the owner UUID (default: this login's local owner id)."
+)
+@click.option(
+    "--poll-only", is_flag=True, help="No LISTEN (for PgBouncer transaction mode or Supavisor): poll instead."
+)
+@click.option(
+    "--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]), show_default=True
+)
+def worker(
+    database_url: str | None,
+    concurrency: int | None,
+    poll_interval: float | None,
+    lease_seconds: float | None,
+    job_timeout: float | None,
+    shutdown_grace: float | None,
+    scope: str,
+    owner: str | None,
+    poll_only: bool,
+    log_level: str,
+) -> None:
+    """Run the worker until SIGTERM/SIGINT (graceful; a second signal exits at once)."""
+    from .pipeline import ImagePipeline
+    from .queue import Worker, WorkerConfig
+    from .storage import storage_from_settings
+
+    _setup_logging(log_level)
+    settings = Settings.from_env()
+    config = WorkerConfig(
+        concurrency=concurrency or settings.concurrency,
+        poll_interval=poll_interval or settings.poll_interval,
+        lease_seconds=lease_seconds or settings.lease_seconds,
+        job_timeout=job_timeout or settings.job_timeout,
+        shutdown_grace=shutdown_grace if shutdown_grace is not None else settings.shutdown_grace,
+        scope=scope,
+        owner_user_id=_owner(owner) if scope == "owner" else None,
+        poll_only=poll_only,
+    )
+
+    async def go() -> None:
+        url = resolve_database_url(database_url, settings)
+        (await connect(url)).terminate()  # migrate before work starts
+        w = Worker(url, ImagePipeline(storage_from_settings(settings)), config)
+        w.install_signal_handlers()
+        await w.run()
+
+    _run(go)
+
+
+def _spec_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    options = [
+        click.option("--provider", default="local", show_default=True),
+        click.option("--model", default="local-v1", show_default=True),
+        click.option("--owner", default=None, help="Owner UUID (default: this login's local owner id)."),
+        click.option("--size", default=None, help="WIDTHxHEIGHT, e.g. 1024x1024."),
+        click.option("--aspect-ratio", default=None, help="e.g. 16:9."),
+        click.option("--quality", default=None),
+        click.option("--seed", type=int, default=None),
+        click.option("--negative-prompt", default=None),
+        click.option("--style", "style_modifiers", multiple=True, help="A style modifier (repeatable)."),
+        click.option("--priority", type=int, default=0, show_default=True, help="Lower runs first."),
+        click.option("--idempotency-key", default=None, help="A repeat with the same key returns the first job."),
+        click.option("--option", "options", multiple=True, help="Provider option KEY=JSON (repeatable)."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _build_spec(prompt: str, **kw: Any) -> Any:
+    options: dict[str, Any] = {}
+    for item in kw.pop("options"):
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{item!r} must be KEY=VALUE", param_hint="--option")
+        try:
+            options[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            options[key] = raw
+    data = {k: v for k, v in kw.items() if v not in (None, ())}
+    if "style_modifiers" in data:
+        data["style_modifiers"] = list(data["style_modifiers"])
+    if options:
+        data["options"] = options
+    return parse_spec({"prompt": prompt, **data})
+
+
+async def _submit(database_url: str | None, prompt: str, kw: dict[str, Any]) -> tuple[str, uuid.UUID, uuid.UUID]:
+    provider, model = kw.pop("provider"), kw.pop("model")
+    owner = _owner(kw.pop("owner"))
+    priority, key = kw.pop("priority"), kw.pop("idempotency_key")
+    spec = _build_spec(prompt, **kw)
+    from .providers import ProviderRegistry
+
+    ProviderRegistry().get(provider).check(spec, model)
+    url = resolve_database_url(database_url)
+    conn = await connect(url)
+    try:
+        job_id = await submit_job(
+            conn, spec, owner_user_id=owner, provider=provider, model=model, priority=priority, idempotency_key=key
+        )
+    finally:
+        await conn.close()
+    return url, job_id, owner
+
+
+@main.command()
+@database_url_option
+@_spec_options
+@click.option("--json", "as_json", is_flag=True, help="Print the job as JSON.")
+@click.argument("prompt")
+def submit(database_url: str | None, prompt: str, as_json: bool, **kw: Any) -> None:
+    """Queue a job and print its id."""
+
+    async def go() -> None:
+        url, job_id, _ = await _submit(database_url, prompt, kw)
+        if as_json:
+            conn = await connect(url, migrate=False)
+            try:
+                click.echo(json.dumps(await get_job(conn, job_id)))
+            finally:
+                await conn.close()
+        else:
+            click.echo(str(job_id))
+
+    _run(go)
+
+
+@main.command()
+@database_url_option
+@_spec_options
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Where to save the image."
+)
+@click.option(
+    "--timeout", type=float, default=600.0, show_default=True, help="Give up waiting after this many seconds."
+)
+@click.option(
+    "--local-worker", is_flag=True, help="Run a worker in this process while waiting (for this owner's jobs)."
+)
+@click.argument("prompt")
+def generate(
+    database_url: str | None, prompt: str, output: Path, timeout: float, local_worker: bool, **kw: Any
+) -> None:
+    """Queue a job, wait for it with a progress line, and save the image."""
+    from tqdm import tqdm
+
+    from .storage import storage_from_settings
+
+    settings = Settings.from_env()
+
+    async def go() -> None:
+        url, job_id, owner = await _submit(database_url, prompt, kw)
+        click.echo(f"job {job_id}", err=True)
+        storage = storage_from_settings(settings)
+        worker_task: asyncio.Task[None] | None = None
+        w = None
+        if local_worker:
+            from .pipeline import ImagePipeline
+            from .queue import Worker, WorkerConfig
+
+            w = Worker(url, ImagePipeline(storage), WorkerConfig(concurrency=2, scope="owner", owner_user_id=owner))
+            worker_task = asyncio.create_task(w.run())
+        conn = await connect(url, migrate=False)
+        events: asyncio.Queue[str] = asyncio.Queue()
+        await conn.add_listener("imagen_job_events", lambda *a: events.put_nowait(a[3]))
+        bar = tqdm(total=100, desc="pending", unit="%", file=sys.stderr, leave=True)
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                job = await get_job(conn, job_id)
+                status = job["status"]
+                bar.set_description(status)
+                progress = await conn.fetchval(q("latest_progress"), job_id)
+                bar.n = 100 if status == "done" else int((progress or 0) * 100)
+                bar.refresh()
+                if status in ("done", "failed", "cancelled"):
+                    break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise click.ClickException(
+                        f"job {job_id} still {status} after {timeout:g} s; is a worker running (`imagen worker`)?"
+                    )
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(events.get(), min(remaining, 1.0))
+        finally:
+            bar.close()
+            await conn.close()
+            if w is not None and worker_task is not None:
+                w.stop()
+                await worker_task
+        if status != "done":
+            raise click.ClickException(f"job {job_id} {status}: {job['error']}")
+        data = await storage.get(job["image_path"])
+        await asyncio.to_thread(output.write_bytes, data)
+        click.echo(str(output))
+
+    _run(go)
+
+
+@main.command()
+@database_url_option
+@click.option("--status", type=click.Choice(["pending", "running", "done", "failed", "cancelled"]), default=None)
+@click.option("--owner", default=None, help="Only this owner's jobs.")
+@click.option("--limit", type=click.IntRange(1, 10000), default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def jobs(database_url: str | None, status: str | None, owner: str | None, limit: int, as_json: bool) -> None:
+    """List recent jobs, newest first."""
+
+    async def go() -> None:
+        conn = await connect(database_url)
+        try:
+            rows = await list_jobs(conn, status=status, owner_user_id=_owner(owner) if owner else None, limit=limit)
+        finally:
+            await conn.close()
+        for r in rows:
+            if as_json:
+                click.echo(json.dumps(r))
+            else:
+                err = f"  {r['error']}" if r["error"] else ""
+                click.echo(f"{r['id']}  {r['status']:<9}  {r['provider']}/{r['model']}  {r['prompt'][:50]!r}{err}")
+
+    _run(go)
+
+
+@main.command()
+@database_url_option
+@click.argument("job_id", type=click.UUID)
+def cancel(database_url: str | None, job_id: uuid.UUID) -> None:
+    """Cancel a job: at once if pending; a running job's worker aborts it."""
+
+    async def go() -> None:
+        conn = await connect(database_url)
+        try:
+            status = await cancel_job(conn, job_id)
+        finally:
+            await conn.close()
+        click.echo(f"{job_id} {status}")
+
+    _run(go)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+def providers(as_json: bool) -> None:
+    """The providers, their models and what each accepts."""
+    from .providers import ProviderRegistry
+
+    registry = ProviderRegistry()
+    table = {name: {m: c.as_dict() for m, c in registry.get(name).models.items()} for name in registry.names()}
+    if as_json:
+        click.echo(json.dumps(table, indent=2))
+        return
+    for name, models in table.items():
+        for model, caps in models.items():
+            click.echo(
+                f"{name}/{model}: sizes={caps['sizes'] or 'any'} aspect_ratios={caps['aspect_ratios'] or 'any'} "
+                f"qualities={caps['qualities'] or '-'} seed={caps['seed']} negative_prompt={caps['negative_prompt']} "
+                f"edit={caps['edit']}"
+            )

@@ -1,0 +1,80 @@
+"""Settings from the environment: one name per setting, documented in docs/configuration.md."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ConfigError
+
+
+def default_data_dir() -> Path:
+    """Where the embedded database and the local image store live unless configured."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "imagen-canvas"
+
+
+def _float(env: dict[str, str], name: str, default: float, *, minimum: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number; set it to a number of seconds such as {default}") from None
+    if value < minimum:
+        raise ConfigError(f"{name}={raw!r} is below the minimum {minimum}")
+    return value
+
+
+def _int(env: dict[str, str], name: str, default: int, *, minimum: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a whole number; set it to a whole number such as {default}") from None
+    if value < minimum:
+        raise ConfigError(f"{name}={raw!r} is below the minimum {minimum}")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Runtime settings. `from_env()` reads the IMAGEN_* variables; CLI flags override them."""
+
+    database_url: str | None = None
+    data_dir: Path = field(default_factory=default_data_dir)
+    storage: str = "local"
+    local_store_dir: Path | None = None
+    concurrency: int = 8
+    poll_interval: float = 5.0
+    lease_seconds: float = 30.0
+    job_timeout: float = 300.0
+    shutdown_grace: float = 30.0
+
+    @property
+    def store_dir(self) -> Path:
+        return self.local_store_dir or (self.data_dir / "store")
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
+        env = dict(os.environ if environ is None else environ)
+        storage = env.get("IMAGEN_STORAGE", "local") or "local"
+        if storage not in ("local", "supabase"):
+            raise ConfigError(f"IMAGEN_STORAGE={storage!r} is not a storage backend; use 'local' or 'supabase'")
+        data_dir = Path(env["IMAGEN_DATA_DIR"]).expanduser() if env.get("IMAGEN_DATA_DIR") else default_data_dir()
+        store = env.get("IMAGEN_LOCAL_STORE_DIR")
+        return cls(
+            database_url=env.get("IMAGEN_DATABASE_URL") or None,
+            data_dir=data_dir,
+            storage=storage,
+            local_store_dir=Path(store).expanduser() if store else None,
+            concurrency=_int(env, "IMAGEN_WORKER_CONCURRENCY", 8, minimum=1),
+            poll_interval=_float(env, "IMAGEN_POLL_INTERVAL", 5.0, minimum=0.05),
+            lease_seconds=_float(env, "IMAGEN_LEASE_SECONDS", 30.0, minimum=1.0),
+            job_timeout=_float(env, "IMAGEN_JOB_TIMEOUT", 300.0, minimum=0.1),
+            shutdown_grace=_float(env, "IMAGEN_SHUTDOWN_GRACE", 30.0, minimum=0.0),
+        )

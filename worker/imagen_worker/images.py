@@ -1,0 +1,71 @@
+"""Image bytes in, facts out: the real format (sniffed, not trusted), size, sha256 and a WebP thumbnail."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass
+
+from PIL import Image, UnidentifiedImageError
+
+from .errors import ImageDataError
+
+ACCEPTED = {
+    "PNG": ("image/png", "png"),
+    "JPEG": ("image/jpeg", "jpg"),
+    "WEBP": ("image/webp", "webp"),
+    "GIF": ("image/gif", "gif"),
+}
+MAX_BYTES = 50 * 1024 * 1024
+MAX_PIXELS = 64 * 1024 * 1024
+THUMB_SIZE = 256
+
+
+@dataclass(frozen=True)
+class ProcessedImage:
+    data: bytes
+    content_type: str
+    extension: str
+    width: int
+    height: int
+    sha256: str
+    thumbnail: bytes
+
+
+def process_image(data: bytes, *, thumb_size: int = THUMB_SIZE) -> ProcessedImage:
+    """Check that `data` is an accepted image within the caps, and make its thumbnail."""
+    if not data:
+        raise ImageDataError("the provider returned no image bytes")
+    if len(data) > MAX_BYTES:
+        raise ImageDataError(f"the image is {len(data)} bytes; the limit is {MAX_BYTES} bytes")
+    try:
+        with Image.open(io.BytesIO(data)) as probe:
+            fmt = probe.format or ""
+            width, height = probe.size
+            probe.verify()
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise ImageDataError(f"the provider returned bytes that are not an image ({exc.__class__.__name__})") from None
+    if fmt not in ACCEPTED:
+        raise ImageDataError(f"image format {fmt or 'unknown'} is not accepted; accepted: {', '.join(ACCEPTED)}")
+    if width * height > MAX_PIXELS:
+        raise ImageDataError(f"the image is {width}x{height}; the limit is {MAX_PIXELS} pixels")
+    content_type, ext = ACCEPTED[fmt]
+    return ProcessedImage(
+        data=data,
+        content_type=content_type,
+        extension=ext,
+        width=width,
+        height=height,
+        sha256=hashlib.sha256(data).hexdigest(),
+        thumbnail=make_thumbnail(data, thumb_size),
+    )
+
+
+def make_thumbnail(data: bytes, size: int = THUMB_SIZE) -> bytes:
+    with Image.open(io.BytesIO(data)) as img:
+        img.draft("RGB", (size, size))  # JPEG: decode at reduced scale
+        thumb = img.convert("RGBA" if img.mode in ("RGBA", "LA", "P") else "RGB")
+        thumb.thumbnail((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
+        out = io.BytesIO()
+        thumb.save(out, format="WEBP", quality=80, method=0)
+        return out.getvalue()

@@ -1,0 +1,123 @@
+"""Queueing, reading and cancelling jobs: what the CLI, the server extension and notebooks call."""
+
+from __future__ import annotations
+
+import getpass
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+
+from .errors import JobNotFound
+from .queries import q
+from .spec import ImagePromptSpec
+
+# Owner ids of single-user installs are derived from the login name, so the CLI, the worker and
+# JupyterLab on one machine agree without configuration.
+_LOCAL_NAMESPACE = uuid.UUID("5b0c0f4e-2f1d-4c59-9d0a-8f6f1f5c7e21")
+
+
+def local_owner_id(username: str | None = None) -> uuid.UUID:
+    """The owner id of a local (non-JupyterHub) user."""
+    return uuid.uuid5(_LOCAL_NAMESPACE, username or getpass.getuser())
+
+
+@dataclass(frozen=True)
+class Job:
+    """A claimed job, as the worker hands it to a handler."""
+
+    id: uuid.UUID
+    owner_user_id: uuid.UUID
+    canvas_id: uuid.UUID | None
+    node_id: str | None
+    provider: str
+    model: str
+    prompt: str
+    spec: dict[str, Any]
+    priority: int
+    attempts: int
+    max_attempts: int
+    created_at: datetime
+    provider_job_id: str | None
+
+    @classmethod
+    def from_record(cls, r: asyncpg.Record) -> Job:
+        return cls(**{f: r[f] for f in cls.__dataclass_fields__})
+
+
+async def submit_job(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    spec: ImagePromptSpec,
+    *,
+    owner_user_id: uuid.UUID,
+    provider: str = "local",
+    model: str = "local-v1",
+    priority: int = 0,
+    max_attempts: int = 3,
+    run_at: datetime | None = None,
+    canvas_id: uuid.UUID | None = None,
+    node_id: str | None = None,
+    idempotency_key: str | None = None,
+) -> uuid.UUID:
+    """Queue one job; with an idempotency key, a repeat returns the first job's id."""
+    job_id = await conn.fetchval(
+        q("insert_job"),
+        owner_user_id,
+        provider,
+        model,
+        spec.prompt,
+        spec.stored_spec(),
+        priority,
+        max_attempts,
+        run_at,
+        canvas_id,
+        node_id,
+        idempotency_key,
+    )
+    if job_id is None:
+        job_id = await conn.fetchval(q("job_by_idempotency_key"), owner_user_id, idempotency_key)
+    assert isinstance(job_id, uuid.UUID)
+    return job_id
+
+
+async def get_job(conn: asyncpg.Connection | asyncpg.Pool, job_id: uuid.UUID) -> dict[str, Any]:
+    row = await conn.fetchrow(q("get_job"), job_id)
+    if row is None:
+        raise JobNotFound(f"job {job_id} not found")
+    return _plain(row)
+
+
+async def list_jobs(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    *,
+    status: str | None = None,
+    owner_user_id: uuid.UUID | None = None,
+    limit: int = 50,
+) -> list[dict[str, Any]]:
+    return [_plain(r) for r in await conn.fetch(q("list_jobs"), status, owner_user_id, limit)]
+
+
+async def cancel_job(conn: asyncpg.Connection | asyncpg.Pool, job_id: uuid.UUID) -> str:
+    """Cancel a job: at once when pending, cooperatively when running. Returns its status after."""
+    try:
+        status = await conn.fetchval(q("cancel_job"), job_id)
+    except asyncpg.NoDataFoundError:
+        raise JobNotFound(f"job {job_id} not found") from None
+    assert isinstance(status, str)
+    return status
+
+
+def _plain(row: asyncpg.Record) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in row.items():
+        if isinstance(value, uuid.UUID):
+            value = str(value)
+        elif isinstance(value, datetime):
+            value = value.isoformat()
+        elif isinstance(value, Decimal):
+            value = float(value)
+        out[key] = value
+    return out

@@ -1,0 +1,561 @@
+"""The queue runtime: wake on NOTIFY or poll, claim with SKIP LOCKED, lease, heartbeat, reap, retry,
+cancel and shut down gracefully, running any async handler."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+import os
+import random
+import signal
+import socket
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+
+from .errors import DatabaseError, JobError, JobTimeout, RetryableJobError
+from .jobs import Job
+from .queries import q
+from .redact import caller_message
+
+log = logging.getLogger("imagen.worker")
+
+# What a lost or restarting database raises; the runtime waits and reconnects on these.
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    ConnectionError,
+    asyncio.TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+)
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """An `imagen.images` row the handler produced; inserted with the job's `done` flip."""
+
+    bucket: str
+    path: str
+    content_type: str
+    width: int
+    height: int
+    bytes: int
+    sha256: str
+    thumb_path: str | None = None
+    provider: str | None = None
+    model: str | None = None
+    seed: int | None = None
+    id: uuid.UUID = field(default_factory=uuid.uuid4)
+
+
+@dataclass(frozen=True)
+class JobResult:
+    image: ImageRecord | None = None
+    cost_usd: Decimal | None = None
+
+
+Handler = Callable[["JobContext"], Awaitable[JobResult | None]]
+
+
+@dataclass
+class WorkerConfig:
+    concurrency: int = 8
+    poll_interval: float = 5.0
+    lease_seconds: float = 30.0
+    job_timeout: float = 300.0
+    shutdown_grace: float = 30.0
+    scope: str = "all"
+    owner_user_id: uuid.UUID | None = None
+    poll_only: bool = False
+    retry_base_seconds: float = 2.0
+    retry_cap_seconds: float = 300.0
+    reconnect_cap_seconds: float = 1.0
+    worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}")
+
+    def __post_init__(self) -> None:
+        if self.scope not in ("all", "owner"):
+            raise ValueError(f"scope {self.scope!r} must be 'all' or 'owner'")
+        if self.scope == "owner" and self.owner_user_id is None:
+            raise ValueError("scope 'owner' needs owner_user_id (the user whose jobs this worker runs)")
+        if self.concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+
+
+class JobContext:
+    """What a handler gets: the job, a way to report progress and events, and the worker's pool."""
+
+    def __init__(self, worker: Worker, job: Job) -> None:
+        self.worker = worker
+        self.job = job
+        self.started = time.perf_counter()
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        return self.worker.pool
+
+    async def event(self, kind: str, payload: dict[str, Any], *, delivery_id: str | None = None) -> int | None:
+        """Append a job_events row (kind: progress, log, error, webhook). None if the delivery id was seen."""
+        value = await self.pool.fetchval(
+            q("insert_event"), self.job.id, self.job.owner_user_id, kind, payload, delivery_id
+        )
+        return int(value) if value is not None else None
+
+    async def progress(self, fraction: float, message: str | None = None) -> None:
+        payload: dict[str, Any] = {"progress": round(max(0.0, min(1.0, fraction)), 4)}
+        if message:
+            payload["message"] = message[:500]
+        await self.event("progress", payload)
+
+    async def set_provider_job_id(self, provider_job_id: str) -> None:
+        await self.pool.execute(q("set_provider_job_id"), self.worker.config.worker_id, self.job.id, provider_job_id)
+
+
+@dataclass
+class _Running:
+    job: Job
+    task: asyncio.Task[None]
+    claimed_at: float
+    cancelled_by_owner: bool = False
+    lease_lost: bool = False
+
+
+def backoff_seconds(attempt: int, base: float, cap: float, retry_after: float | None = None) -> float:
+    """Exponential backoff with jitter for the attempt just made; a provider's Retry-After wins if larger."""
+    delay = min(cap, base * (2.0 ** max(attempt - 1, 0))) * random.uniform(0.75, 1.25)
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, cap))
+    return round(delay, 3)
+
+
+class Worker:
+    """Runs `handler` for jobs of `imagen.jobs` until stopped."""
+
+    def __init__(self, dsn: str, handler: Handler, config: WorkerConfig | None = None) -> None:
+        self.dsn = dsn
+        self.handler = handler
+        self.config = config or WorkerConfig()
+        self._pool: asyncpg.Pool | None = None
+        self._listener: asyncpg.Connection | None = None
+        self._listener_lost = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._slot_freed = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._running: dict[uuid.UUID, _Running] = {}
+        self._completions: list[tuple[Job, JobResult]] = []
+        self._flush_wanted = asyncio.Event()
+        self._flush_idle = asyncio.Event()
+        self._flush_idle.set()
+        # Jobs whose handler finished but whose `done` is not yet written: their leases still count.
+        self._awaiting_flush: dict[uuid.UUID, Job] = {}
+        self._background: list[asyncio.Task[None]] = []
+        self._owner = self.config.owner_user_id if self.config.scope == "owner" else None
+        self.stats = {"claimed": 0, "done": 0, "failed": 0, "retried": 0, "cancelled": 0, "released": 0}
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise DatabaseError("the worker is not started")
+        return self._pool
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._running)
+
+    def stop(self) -> None:
+        """Ask the worker to stop claiming and shut down gracefully."""
+        self._stopping.set()
+        self._wake.set()
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM/SIGINT stop gracefully; a second signal exits at once (leases cover what is left)."""
+        loop = asyncio.get_running_loop()
+
+        def on_signal(signum: int) -> None:
+            if self._stopping.is_set():
+                log.warning("second signal %s: exiting now; unfinished jobs return when their leases expire", signum)
+                os._exit(1)
+            log.info("signal %s: stopping (grace %.0f s)", signum, self.config.shutdown_grace)
+            self.stop()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_signal, sig)
+
+    async def run(self) -> None:
+        """Run until `stop()` (or a signal), then drain, release and close."""
+        from .db import init_connection
+
+        size = min(self.config.concurrency, 8) + 2
+        self._pool = await self._retrying(
+            lambda: asyncpg.create_pool(self.dsn, min_size=2, max_size=size, init=init_connection),
+            "connect",
+        )
+        log.info(
+            "worker %s started: concurrency=%d poll=%.1fs lease=%.0fs scope=%s%s",
+            self.config.worker_id,
+            self.config.concurrency,
+            self.config.poll_interval,
+            self.config.lease_seconds,
+            self.config.scope,
+            " poll-only" if self.config.poll_only else "",
+        )
+        self._background = [
+            asyncio.create_task(self._flush_loop(), name="imagen-flush"),
+            asyncio.create_task(self._heartbeat_loop(), name="imagen-heartbeat"),
+            asyncio.create_task(self._maintenance_loop(), name="imagen-maintenance"),
+        ]
+        if not self.config.poll_only:
+            self._background.append(asyncio.create_task(self._listen_loop(), name="imagen-listen"))
+        try:
+            await self._dispatch_loop()
+        finally:
+            await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        grace = self.config.shutdown_grace
+        if self._running:
+            log.info("waiting up to %.0f s for %d in-flight jobs", grace, len(self._running))
+            tasks = [r.task for r in self._running.values()]
+            await asyncio.wait(tasks, timeout=grace)
+        leftover = list(self._running.values())
+        for r in leftover:
+            r.task.cancel()
+        if leftover:
+            await asyncio.wait([r.task for r in leftover], timeout=5)
+        await self._flush_all()
+        if leftover:
+            ids = [r.job.id for r in leftover]
+            with contextlib.suppress(*CONNECTION_ERRORS):
+                released = await self.pool.fetch(q("release_jobs"), self.config.worker_id, ids)
+                self.stats["released"] += len(released)
+                log.info("released %d unfinished jobs to the queue", len(released))
+        for t in self._background:
+            t.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        if self._listener is not None:
+            with contextlib.suppress(Exception):
+                await self._listener.close()
+        if self._pool is not None:
+            await self._pool.close()
+        log.info("worker %s stopped: %s", self.config.worker_id, json.dumps(self.stats))
+
+    # -- wake-up -------------------------------------------------------------------------------
+
+    async def _listen_loop(self) -> None:
+        """Keep one connection LISTENing; after a loss, reconnect with backoff and sweep at once."""
+        while not self._stopping.is_set():
+            self._listener_lost.clear()
+            conn = await self._retrying(lambda: asyncpg.connect(self.dsn), "listen")
+            self._listener = conn
+            conn.add_termination_listener(lambda _c: self._listener_lost.set())
+            try:
+                await conn.add_listener("imagen_jobs", self._on_job_notify)
+                await conn.add_listener("imagen_job_events", self._on_event_notify)
+            except CONNECTION_ERRORS:
+                continue
+            self._wake.set()  # sweep whatever arrived while we were not listening
+            await self._listener_lost.wait()
+            log.warning("lost the LISTEN connection; reconnecting")
+            if self._pool is not None:
+                await self._pool.expire_connections()
+            with contextlib.suppress(Exception):
+                conn.terminate()
+
+    def _on_job_notify(self, *_args: object) -> None:
+        self._wake.set()
+
+    def _on_event_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        # Cheap filter first: only cancellations of jobs this worker runs matter here.
+        if '"cancelled"' not in payload:
+            return
+        try:
+            event = json.loads(payload)
+            job_id = uuid.UUID(event["job_id"])
+        except (ValueError, KeyError, TypeError):
+            return
+        if event.get("status") == "cancelled":
+            self._abort(job_id, by_owner=True)
+
+    def _abort(self, job_id: uuid.UUID, *, by_owner: bool) -> None:
+        running = self._running.get(job_id)
+        if running is None or running.task.done():
+            return
+        if by_owner:
+            running.cancelled_by_owner = True
+        else:
+            running.lease_lost = True
+        running.task.cancel()
+
+    # -- claiming ------------------------------------------------------------------------------
+
+    async def _dispatch_loop(self) -> None:
+        while not self._stopping.is_set():
+            timeout = await self._drain()
+            if self._stopping.is_set():
+                break
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            self._wake.clear()
+
+    async def _drain(self) -> float:
+        """Claim up to the free slots until the queue has nothing due; return how long to sleep."""
+        while not self._stopping.is_set():
+            free = self.config.concurrency - len(self._running)
+            if free <= 0:
+                self._slot_freed.clear()
+                waiter = asyncio.ensure_future(self._slot_freed.wait())
+                stopper = asyncio.ensure_future(self._stopping.wait())
+                await asyncio.wait([waiter, stopper], return_when=asyncio.FIRST_COMPLETED)
+                waiter.cancel()
+                stopper.cancel()
+                continue
+            try:
+                rows = await self.pool.fetch(
+                    q("claim_jobs"), self.config.worker_id, free, self.config.lease_seconds, self._owner
+                )
+            except CONNECTION_ERRORS as exc:
+                log.warning("claim failed (%s); retrying", type(exc).__name__)
+                return min(self.config.reconnect_cap_seconds, self.config.poll_interval)
+            now = time.perf_counter()
+            for row in rows:
+                job = Job.from_record(row)
+                task = asyncio.create_task(self._run_job(job), name=f"imagen-job-{job.id}")
+                self._running[job.id] = _Running(job, task, now)
+            self.stats["claimed"] += len(rows)
+            if len(rows) < free:
+                return await self._sleep_budget()
+        return 0.0
+
+    async def _sleep_budget(self) -> float:
+        """Sleep until the next pending job is due, or the poll interval, whichever is sooner."""
+        try:
+            due = await self.pool.fetchval(q("next_run_at"), self._owner)
+        except CONNECTION_ERRORS:
+            return self.config.reconnect_cap_seconds
+        if due is None:
+            return self.config.poll_interval
+        wait = float(due.timestamp()) - time.time()
+        return max(0.01, min(self.config.poll_interval, wait))
+
+    # -- running one job -----------------------------------------------------------------------
+
+    async def _run_job(self, job: Job) -> None:
+        ctx = JobContext(self, job)
+        if log.isEnabledFor(logging.INFO):
+            log.info(
+                "job=%s event=running attempt=%d/%d provider=%s", job.id, job.attempts, job.max_attempts, job.provider
+            )
+        try:
+            async with asyncio.timeout(self.config.job_timeout):
+                result = await self.handler(ctx)
+        except asyncio.CancelledError:
+            running = self._running.get(job.id)
+            if running is not None and running.cancelled_by_owner:
+                self.stats["cancelled"] += 1
+                log.info("job=%s event=cancelled after_ms=%.0f", job.id, (time.perf_counter() - ctx.started) * 1000)
+            elif running is not None and running.lease_lost:
+                log.warning("job=%s event=lease_lost: another worker or a cancel took it; handler stopped", job.id)
+            self._release_slot(job.id)
+            if running is None or not (running.cancelled_by_owner or running.lease_lost):
+                raise
+            return
+        except TimeoutError:
+            await self._fail(ctx, JobTimeout(f"timed out after {self.config.job_timeout:g} s"))
+        except Exception as exc:
+            await self._fail(ctx, exc)
+        else:
+            self._completions.append((job, result or JobResult()))
+            self._flush_wanted.set()
+            self._release_slot(job.id, keep_lease=True)
+            return
+        self._release_slot(job.id)
+
+    def _release_slot(self, job_id: uuid.UUID, *, keep_lease: bool = False) -> None:
+        running = self._running.pop(job_id, None)
+        if keep_lease and running is not None:
+            self._awaiting_flush[job_id] = running.job
+        self._slot_freed.set()
+
+    async def _fail(self, ctx: JobContext, exc: BaseException) -> None:
+        job = ctx.job
+        retryable = isinstance(exc, RetryableJobError) or (
+            isinstance(exc, CONNECTION_ERRORS) and not isinstance(exc, JobError)
+        )
+        retry_after = exc.retry_after if isinstance(exc, JobError) else None
+        message = caller_message(exc)
+        delay = backoff_seconds(
+            job.attempts, self.config.retry_base_seconds, self.config.retry_cap_seconds, retry_after
+        )
+        try:
+            row = await self._retrying(
+                lambda: self.pool.fetchrow(q("fail_job"), self.config.worker_id, job.id, message, retryable, delay),
+                "fail",
+                attempts=5,
+            )
+        except CONNECTION_ERRORS:
+            log.error("job=%s could not record its failure; its lease will return it", job.id)
+            return
+        if row is None:
+            return  # cancelled or reaped meanwhile
+        if row["status"] == "pending":
+            self.stats["retried"] += 1
+            log.info(
+                "job=%s event=retry in_s=%.1f attempt=%d/%d error=%r",
+                job.id,
+                delay,
+                row["attempts"],
+                row["max_attempts"],
+                message,
+            )
+        else:
+            self.stats["failed"] += 1
+            log.info(
+                "job=%s event=failed attempt=%d/%d error=%r", job.id, row["attempts"], row["max_attempts"], message
+            )
+        if not isinstance(exc, JobError):
+            log.debug("job=%s handler raised", job.id, exc_info=exc)
+
+    # -- completing ----------------------------------------------------------------------------
+
+    async def _flush_loop(self) -> None:
+        """Write finished jobs in batches: whatever accumulated while the previous write ran."""
+        while True:
+            await self._flush_wanted.wait()
+            self._flush_wanted.clear()
+            self._flush_idle.clear()
+            try:
+                while self._completions:
+                    batch, self._completions = self._completions[:500], self._completions[500:]
+                    try:
+                        await self._retrying(functools.partial(self._complete, batch), "complete")
+                    finally:
+                        for job, _ in batch:
+                            self._awaiting_flush.pop(job.id, None)
+            finally:
+                self._flush_idle.set()
+
+    async def _flush_all(self, within: float = 10.0) -> None:
+        """Let the flusher write what is left; under a database outage give up after `within` s (leases cover it)."""
+        if not self._completions and self._flush_idle.is_set():
+            return
+        self._flush_idle.clear()
+        self._flush_wanted.set()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._flush_idle.wait(), within)
+
+    async def _complete(self, batch: list[tuple[Job, JobResult]]) -> None:
+        results = [{"id": str(job.id), "cost_usd": _num(res.cost_usd)} for job, res in batch]
+        images = [_image_row(job, res.image) for job, res in batch if res.image is not None]
+        done = await self.pool.fetch(q("complete_jobs"), self.config.worker_id, results, images)
+        self.stats["done"] += len(done)
+        if log.isEnabledFor(logging.INFO):
+            now = time.time()
+            ids = {r["id"] for r in done}
+            for job, res in batch:
+                if job.id in ids:
+                    log.info(
+                        "job=%s event=done total_ms=%.0f image=%s",
+                        job.id,
+                        (now - job.created_at.timestamp()) * 1000,
+                        res.image.id if res.image else None,
+                    )
+                else:
+                    log.info("job=%s event=discarded: no longer held by this worker (cancelled or reaped)", job.id)
+
+    # -- leases --------------------------------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        interval = max(0.2, self.config.lease_seconds / 3)
+        while True:
+            await asyncio.sleep(interval)
+            ids = list(self._running) + list(self._awaiting_flush)
+            if not ids:
+                continue
+            try:
+                kept = {
+                    r["id"]
+                    for r in await self.pool.fetch(
+                        q("renew_leases"), self.config.worker_id, ids, self.config.lease_seconds
+                    )
+                }
+            except CONNECTION_ERRORS as exc:
+                log.warning("heartbeat failed (%s)", type(exc).__name__)
+                continue
+            for job_id in ids:
+                if job_id not in kept and job_id in self._running:
+                    self._abort(job_id, by_owner=False)
+
+    async def _maintenance_loop(self) -> None:
+        """Reap expired leases (any worker's) at start and every poll interval; in poll-only mode, also wake."""
+        while True:
+            try:
+                reaped = await self.pool.fetch(
+                    q("reap_expired_leases"), 100, self.config.retry_base_seconds, self.config.retry_cap_seconds
+                )
+            except CONNECTION_ERRORS as exc:
+                log.warning("reaper failed (%s)", type(exc).__name__)
+                reaped = []
+            for r in reaped:
+                log.warning(
+                    "job=%s event=lease_expired now=%s attempt=%d/%d",
+                    r["id"],
+                    r["status"],
+                    r["attempts"],
+                    r["max_attempts"],
+                )
+            if reaped or self.config.poll_only:
+                self._wake.set()
+            await asyncio.sleep(self.config.poll_interval)
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    async def _retrying(self, make: Callable[[], Awaitable[Any]], what: str, attempts: int | None = None) -> Any:
+        """Run `make()` until it stops raising connection errors (backoff capped at reconnect_cap_seconds)."""
+        delay = 0.05
+        tries = 0
+        while True:
+            try:
+                return await make()
+            except CONNECTION_ERRORS as exc:
+                tries += 1
+                if attempts is not None and tries >= attempts:
+                    raise
+                if self._stopping.is_set() and what in ("connect", "listen"):
+                    raise
+                log.warning("%s: database unavailable (%s); retrying in %.2f s", what, type(exc).__name__, delay)
+                await asyncio.sleep(delay)
+                delay = min(self.config.reconnect_cap_seconds, delay * 2)
+
+
+def _num(value: Decimal | None) -> str | None:
+    return None if value is None else str(value)
+
+
+def _image_row(job: Job, image: ImageRecord) -> dict[str, Any]:
+    return {
+        "id": str(image.id),
+        "owner_user_id": str(job.owner_user_id),
+        "job_id": str(job.id),
+        "bucket": image.bucket,
+        "path": image.path,
+        "thumb_path": image.thumb_path,
+        "content_type": image.content_type,
+        "width": image.width,
+        "height": image.height,
+        "bytes": image.bytes,
+        "sha256": image.sha256,
+        "provider": image.provider or job.provider,
+        "model": image.model or job.model,
+        "seed": image.seed,
+    }

@@ -1,0 +1,187 @@
+-- The queue's statements. Each `-- name:` block is one query, loaded by imagen_worker.sql.q().
+-- Job transitions write their job_events rows through the triggers of migration 0003.
+
+-- name: claim_jobs
+-- $1 worker id, $2 how many, $3 lease seconds, $4 owner (null: any owner).
+-- One statement: pick pending jobs in (priority, run_at) order, skipping rows other workers hold.
+update imagen.jobs j
+   set status = 'running',
+       locked_by = $1,
+       lease_expires_at = now() + make_interval(secs => $3),
+       attempts = j.attempts + 1,
+       started_at = now()
+ where j.id in (
+         select p.id
+           from imagen.jobs p
+          where p.status = 'pending'
+            and p.run_at <= now()
+            and ($4::uuid is null or p.owner_user_id = $4::uuid)
+          order by p.priority, p.run_at
+          for update skip locked
+          limit $2)
+returning j.id, j.owner_user_id, j.canvas_id, j.node_id, j.provider, j.model, j.prompt, j.spec,
+          j.priority, j.attempts, j.max_attempts, j.created_at, j.provider_job_id
+
+-- name: next_run_at
+-- When the earliest pending job becomes due (null: none pending). $1 owner or null.
+select min(run_at)
+  from imagen.jobs
+ where status = 'pending'
+   and ($1::uuid is null or owner_user_id = $1::uuid)
+
+-- name: renew_leases
+-- Heartbeat: extend the leases this worker still holds; ids missing from the result were lost
+-- (cancelled, or reaped after an expiry) and their handlers must stop.
+update imagen.jobs
+   set lease_expires_at = now() + make_interval(secs => $3)
+ where id = any($2::uuid[])
+   and status = 'running'
+   and locked_by = $1
+returning id
+
+-- name: reap_expired_leases
+-- Any worker returns jobs whose lease expired to the queue (backoff in run_at), or fails them
+-- when their attempts are spent. $1 batch size, $2 backoff base seconds, $3 backoff cap seconds.
+with expired as (
+  select id
+    from imagen.jobs
+   where status = 'running'
+     and lease_expires_at < now()
+   order by lease_expires_at
+   for update skip locked
+   limit $1
+)
+update imagen.jobs j
+   set status = case when j.attempts >= j.max_attempts then 'failed' else 'pending' end,
+       run_at = case when j.attempts >= j.max_attempts then j.run_at
+                     else now() + make_interval(
+                       secs => least($3::float8, $2::float8 * power(2, greatest(j.attempts - 1, 0)))
+                               * (0.75 + random() * 0.5))
+                end,
+       completed_at = case when j.attempts >= j.max_attempts then now() end,
+       error = format('worker %s stopped renewing its lease (attempt %s of %s)%s',
+                      j.locked_by, j.attempts, j.max_attempts,
+                      case when j.attempts >= j.max_attempts then '; no attempts left' else '; retrying' end),
+       locked_by = case when j.attempts >= j.max_attempts then j.locked_by end,
+       lease_expires_at = null
+  from expired e
+ where j.id = e.id
+returning j.id, j.status, j.attempts, j.max_attempts
+
+-- name: complete_jobs
+-- Mark this worker's finished jobs done, with their images rows, in one statement.
+-- $1 worker id; $2 jsonb [{id, cost_usd}]; $3 jsonb images rows (one per job at most).
+-- Jobs this worker no longer holds (cancelled, reaped) are skipped, and so are their images.
+with held as (
+  select j.id, r.cost_usd
+    from jsonb_to_recordset($2::jsonb) as r(id uuid, cost_usd numeric)
+    join imagen.jobs j on j.id = r.id
+   where j.status = 'running'
+     and j.locked_by = $1
+     for update of j
+),
+img as (
+  insert into imagen.images (id, owner_user_id, job_id, bucket, path, thumb_path, content_type,
+                             width, height, bytes, sha256, provider, model, seed)
+  select i.id, i.owner_user_id, i.job_id, i.bucket, i.path, i.thumb_path, i.content_type,
+         i.width, i.height, i.bytes, i.sha256, i.provider, i.model, i.seed
+    from jsonb_to_recordset($3::jsonb) as i(id uuid, owner_user_id uuid, job_id uuid, bucket text,
+                                            path text, thumb_path text, content_type text,
+                                            width integer, height integer, bytes bigint,
+                                            sha256 text, provider text, model text, seed bigint)
+   where i.job_id in (select id from held)
+  returning id, job_id
+)
+update imagen.jobs j
+   set status = 'done',
+       completed_at = now(),
+       lease_expires_at = null,
+       error = null,
+       cost_usd = h.cost_usd,
+       image_id = img.id
+  from held h
+  left join img on img.job_id = h.id
+ where j.id = h.id
+returning j.id
+
+-- name: fail_job
+-- A handler error: back to pending with run_at pushed out ($4 retryable, $5 delay seconds) while
+-- attempts remain, else failed. $3 is the caller-facing message. Returns the new status.
+update imagen.jobs
+   set status = case when $4 and attempts < max_attempts then 'pending' else 'failed' end,
+       run_at = case when $4 and attempts < max_attempts
+                     then now() + make_interval(secs => $5) else run_at end,
+       completed_at = case when $4 and attempts < max_attempts then null else now() end,
+       locked_by = case when $4 and attempts < max_attempts then null else locked_by end,
+       lease_expires_at = null,
+       error = $3
+ where id = $2
+   and status = 'running'
+   and locked_by = $1
+returning status, attempts, max_attempts
+
+-- name: release_jobs
+-- Shutdown: hand unfinished jobs back to the queue at once. The interrupted attempt is not counted.
+update imagen.jobs
+   set status = 'pending',
+       run_at = now(),
+       attempts = greatest(attempts - 1, 0),
+       locked_by = null,
+       lease_expires_at = null
+ where id = any($2::uuid[])
+   and status = 'running'
+   and locked_by = $1
+returning id
+
+-- name: insert_event
+insert into imagen.job_events (job_id, owner_user_id, kind, payload, delivery_id)
+values ($1, $2, $3, $4, $5)
+on conflict (delivery_id) where delivery_id is not null do nothing
+returning id
+
+-- name: set_provider_job_id
+update imagen.jobs
+   set provider_job_id = $3
+ where id = $2
+   and status = 'running'
+   and locked_by = $1
+returning id
+
+-- name: insert_job
+insert into imagen.jobs (owner_user_id, provider, model, prompt, spec, priority, max_attempts,
+                         run_at, canvas_id, node_id, idempotency_key)
+values ($1, $2, $3, $4, $5, $6, $7, coalesce($8, now()), $9, $10, $11)
+on conflict (owner_user_id, idempotency_key) do nothing
+returning id
+
+-- name: job_by_idempotency_key
+select id from imagen.jobs where owner_user_id = $1 and idempotency_key = $2
+
+-- name: get_job
+select j.*, i.bucket as image_bucket, i.path as image_path
+  from imagen.jobs j
+  left join imagen.images i on i.id = j.image_id
+ where j.id = $1
+
+-- name: list_jobs
+-- $1 status or null, $2 owner or null, $3 limit.
+select id, owner_user_id, provider, model, prompt, status, attempts, max_attempts, created_at,
+       started_at, completed_at, image_id, error, cost_usd
+  from imagen.jobs
+ where ($1::text is null or status = $1::text)
+   and ($2::uuid is null or owner_user_id = $2::uuid)
+ order by created_at desc
+ limit $3
+
+-- name: cancel_job
+select imagen.cancel_job($1)
+
+-- name: owned_image
+select bucket, path, content_type from imagen.images where id = $1 and owner_user_id = $2
+
+-- name: latest_progress
+select (payload ->> 'progress')::float8
+  from imagen.job_events
+ where job_id = $1 and kind = 'progress'
+ order by id desc
+ limit 1
