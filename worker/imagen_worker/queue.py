@@ -116,6 +116,21 @@ class JobContext:
             payload["message"] = message[:500]
         await self.event("progress", payload)
 
+    async def wait_for_event(self, kind: str, timeout: float) -> bool:
+        """Wait until a `kind` event for this job is announced (e.g. a verified webhook); False on timeout.
+
+        Callers read the event rows themselves (by id or kind) after a wake-up, and should still poll the
+        provider on timeout: a notification can be missed while the LISTEN connection reconnects.
+        """
+        waiter = self.worker._event_waiter(self.job.id, kind)
+        try:
+            await asyncio.wait_for(waiter.wait(), timeout)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            waiter.clear()
+
     async def set_provider_job_id(self, provider_job_id: str) -> None:
         await self.pool.execute(q("set_provider_job_id"), self.worker.config.worker_id, self.job.id, provider_job_id)
 
@@ -158,6 +173,7 @@ class Worker:
         # Jobs whose handler finished but whose `done` is not yet written: their leases still count.
         self._awaiting_flush: dict[uuid.UUID, Job] = {}
         self._background: list[asyncio.Task[None]] = []
+        self._event_waiters: dict[tuple[uuid.UUID, str], asyncio.Event] = {}
         self._owner = self.config.owner_user_id if self.config.scope == "owner" else None
         self.stats = {"claimed": 0, "done": 0, "failed": 0, "retried": 0, "cancelled": 0, "released": 0}
 
@@ -276,8 +292,8 @@ class Worker:
         self._wake.set()
 
     def _on_event_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
-        # Cheap filter first: only cancellations of jobs this worker runs matter here.
-        if '"cancelled"' not in payload:
+        # Cheap filter first: only cancellations, and events a handler waits for, matter here.
+        if '"cancelled"' not in payload and not self._event_waiters:
             return
         try:
             event = json.loads(payload)
@@ -286,6 +302,12 @@ class Worker:
             return
         if event.get("status") == "cancelled":
             self._abort(job_id, by_owner=True)
+        waiter = self._event_waiters.get((job_id, str(event.get("kind"))))
+        if waiter is not None:
+            waiter.set()
+
+    def _event_waiter(self, job_id: uuid.UUID, kind: str) -> asyncio.Event:
+        return self._event_waiters.setdefault((job_id, kind), asyncio.Event())
 
     def _abort(self, job_id: uuid.UUID, *, by_owner: bool) -> None:
         running = self._running.get(job_id)
@@ -383,6 +405,8 @@ class Worker:
 
     def _release_slot(self, job_id: uuid.UUID, *, keep_lease: bool = False) -> None:
         running = self._running.pop(job_id, None)
+        for key in [k for k in self._event_waiters if k[0] == job_id]:
+            del self._event_waiters[key]
         if keep_lease and running is not None:
             self._awaiting_flush[job_id] = running.job
         self._slot_freed.set()

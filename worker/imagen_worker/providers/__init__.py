@@ -2,13 +2,37 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 
 from ..errors import SpecError
 from .base import Capabilities, GeneratedImage, GenerationRequest, Provider, ProviderResult
 from .local import LocalProvider
 
-_FACTORIES: dict[str, Callable[[], Provider]] = {"local": LocalProvider}
+# Remote providers are imported on first use, so a worker without an SDK installed still runs the others.
+_LAZY = {
+    "openai": "imagen_worker.providers.openai:OpenAIProvider",
+    "google": "imagen_worker.providers.google:GoogleProvider",
+    "stability": "imagen_worker.providers.stability:StabilityProvider",
+    "replicate": "imagen_worker.providers.replicate:ReplicateProvider",
+    "midjourney": "imagen_worker.providers.midjourney:MidjourneyProvider",
+}
+
+
+def _lazy(path: str) -> Callable[[], Provider]:
+    def factory() -> Provider:
+        module_name, _, attr = path.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise SpecError(f"provider {module_name.rsplit('.', 1)[-1]!r} is not installed here: {exc}") from None
+        cls: Callable[[], Provider] = getattr(module, attr)
+        return cls()
+
+    return factory
+
+
+_FACTORIES: dict[str, Callable[[], Provider]] = {"local": LocalProvider, **{k: _lazy(v) for k, v in _LAZY.items()}}
 
 
 def register(name: str, factory: Callable[[], Provider]) -> None:

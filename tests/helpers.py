@@ -1,0 +1,58 @@
+"""Shared test helpers: run a Worker in-process, wait for job states, make pipelines on a local store."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import asyncpg
+
+from imagen_worker.pipeline import ImagePipeline
+from imagen_worker.providers import Provider, ProviderRegistry
+from imagen_worker.providers.local import LocalProvider
+from imagen_worker.queue import Handler, Worker, WorkerConfig
+from imagen_worker.storage import LocalStorage
+
+TERMINAL = ("done", "failed", "cancelled")
+
+
+@asynccontextmanager
+async def running_worker(db_url: str, handler: Handler, config: WorkerConfig | None = None) -> AsyncIterator[Worker]:
+    """A Worker running in this loop for the duration of the block; stopped (gracefully) on exit."""
+    worker = Worker(db_url, handler, config or WorkerConfig(concurrency=4, poll_interval=0.5))
+    task = asyncio.create_task(worker.run())
+    try:
+        await asyncio.sleep(0)
+        yield worker
+    finally:
+        worker.stop()
+        await asyncio.wait_for(task, 60)
+
+
+async def wait_for_status(
+    conn: asyncpg.Connection,
+    job_ids: Sequence[uuid.UUID],
+    statuses: Sequence[str] = TERMINAL,
+    timeout: float = 30.0,
+) -> dict[uuid.UUID, str]:
+    """Poll until every job is in one of `statuses`; return {id: status}. Raises TimeoutError with the stragglers."""
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = await conn.fetch("select id, status from imagen.jobs where id = any($1::uuid[])", list(job_ids))
+        got = {r["id"]: r["status"] for r in rows}
+        if len(got) == len(job_ids) and all(s in statuses for s in got.values()):
+            return got
+        if time.monotonic() > deadline:
+            waiting = {k: v for k, v in got.items() if v not in statuses}
+            raise TimeoutError(f"jobs not in {statuses} after {timeout} s: {waiting}")
+        await asyncio.sleep(0.02)
+
+
+def local_pipeline(store_dir: Path, providers: dict[str, Callable[[], Provider]] | None = None) -> ImagePipeline:
+    """The real pipeline on a local store in `store_dir`, with `local` plus any given providers."""
+    storage = LocalStorage(store_dir, signing_key=b"test-signing-key-0123456789")
+    return ImagePipeline(storage, ProviderRegistry({"local": LocalProvider, **(providers or {})}))
