@@ -122,15 +122,42 @@ async def test_status_update_notifies_imagen_job_events(db: asyncpg.Connection, 
             "update imagen.jobs set status = 'running', locked_by = 'w1', lease_expires_at = now() + interval '30 s' where id = $1",
             job_id,
         )
-        note = json.loads(await asyncio.wait_for(queue.get(), 5))
+        notes = json.loads(await asyncio.wait_for(queue.get(), 5))
         event_id = await db.fetchval("select max(id) from imagen.job_events where job_id = $1", job_id)
-        assert note == {
-            "event_id": event_id,
-            "job_id": str(job_id),
-            "owner_user_id": str(owner),
-            "kind": "state",
-            "status": "running",
-        }
+        assert notes == [
+            {
+                "event_id": event_id,
+                "job_id": str(job_id),
+                "owner_user_id": str(owner),
+                "kind": "state",
+                "status": "running",
+            }
+        ]
+    finally:
+        await listener.close()
+
+
+async def test_a_batch_transition_is_announced_in_notifications_under_8000_bytes(
+    db: asyncpg.Connection, db_url: str
+) -> None:
+    owner = uuid.uuid4()
+    await db.execute(
+        "insert into imagen.jobs (owner_user_id, prompt) select $1, 'p' from generate_series(1, 500)", owner
+    )
+    listener = await asyncpg.connect(db_url)
+    try:
+        queue = await _collect(listener, "imagen_job_events")
+        await db.execute(
+            "update imagen.jobs set status = 'running', locked_by = 'w', lease_expires_at = now() + interval '1 min'"
+        )
+        seen: list[dict[str, Any]] = []
+        while len(seen) < 500:
+            payload = await asyncio.wait_for(queue.get(), 5)
+            assert len(payload.encode()) < 8000
+            seen.extend(json.loads(payload))
+        ids = [e["event_id"] for e in seen]
+        assert ids == sorted(ids) and len(set(ids)) == 500
+        assert {e["status"] for e in seen} == {"running"}
     finally:
         await listener.close()
 

@@ -28,6 +28,10 @@ from .redact import caller_message
 
 log = logging.getLogger("imagen.worker")
 
+# Claims in flight at once: two let one claim's round trip overlap another's, and both with the
+# completions, so Postgres can use more than one core for a single worker.
+MAX_CLAIMS_IN_FLIGHT = 2
+
 # What a lost or restarting database raises; the runtime waits and reconnects on these.
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
@@ -105,9 +109,7 @@ class JobContext:
 
     async def event(self, kind: str, payload: dict[str, Any], *, delivery_id: str | None = None) -> int | None:
         """Append a job_events row (kind: progress, log, error, webhook). None if the delivery id was seen."""
-        value = await self.pool.fetchval(
-            q("insert_event"), self.job.id, self.job.owner_user_id, kind, payload, delivery_id
-        )
+        value = await self.pool.fetchval(q("insert_event"), self.job.id, kind, payload, delivery_id)
         return int(value) if value is not None else None
 
     async def progress(self, fraction: float, message: str | None = None) -> None:
@@ -116,7 +118,7 @@ class JobContext:
             payload["message"] = message[:500]
         await self.event("progress", payload)
 
-    async def wait_for_event(self, kind: str, timeout: float) -> bool:
+    async def wait_for_event(self, kind: str, timeout: float) -> bool:  # noqa: ASYNC109 - False on timeout is the answer
         """Wait until a `kind` event for this job is announced (e.g. a verified webhook); False on timeout.
 
         Callers read the event rows themselves (by id or kind) after a wake-up, and should still poll the
@@ -162,8 +164,16 @@ class Worker:
         self._pool: asyncpg.Pool | None = None
         self._listener: asyncpg.Connection | None = None
         self._listener_lost = asyncio.Event()
-        self._wake = asyncio.Event()
-        self._slot_freed = asyncio.Event()
+        # The dispatcher sleeps on _kick; NOTIFY, the poll timer, a freed slot and a finished claim set it.
+        # _due_gen counts "there may be new work" signals (NOTIFY, poll); the queue is known empty
+        # while _empty_gen equals it, i.e. a claim came back short with no signal since it started.
+        self._kick = asyncio.Event()
+        self._due_gen = 0
+        self._empty_gen = -1
+        self._idle_until: tuple[int, float] | None = None
+        self._reserved = 0
+        self._claims: set[asyncio.Task[None]] = set()
+        self._claim_batch = max(1, -(-self.config.concurrency // MAX_CLAIMS_IN_FLIGHT))
         self._stopping = asyncio.Event()
         self._running: dict[uuid.UUID, _Running] = {}
         self._completions: list[tuple[Job, JobResult]] = []
@@ -192,7 +202,12 @@ class Worker:
     def stop(self) -> None:
         """Ask the worker to stop claiming and shut down gracefully."""
         self._stopping.set()
-        self._wake.set()
+        self._kick.set()
+
+    def _due(self) -> None:
+        """There may be new work: a NOTIFY, the poll timer, a reconnect."""
+        self._due_gen += 1
+        self._kick.set()
 
     def install_signal_handlers(self) -> None:
         """SIGTERM/SIGINT stop gracefully; a second signal exits at once (leases cover what is left)."""
@@ -240,6 +255,8 @@ class Worker:
 
     async def _shutdown(self) -> None:
         grace = self.config.shutdown_grace
+        if self._claims:
+            await asyncio.wait(list(self._claims), timeout=10)
         if self._running:
             log.info("waiting up to %.0f s for %d in-flight jobs", grace, len(self._running))
             tasks = [r.task for r in self._running.values()]
@@ -280,7 +297,7 @@ class Worker:
                 await conn.add_listener("imagen_job_events", self._on_event_notify)
             except CONNECTION_ERRORS:
                 continue
-            self._wake.set()  # sweep whatever arrived while we were not listening
+            self._due()  # sweep whatever arrived while we were not listening
             await self._listener_lost.wait()
             log.warning("lost the LISTEN connection; reconnecting")
             if self._pool is not None:
@@ -289,22 +306,27 @@ class Worker:
                 conn.terminate()
 
     def _on_job_notify(self, *_args: object) -> None:
-        self._wake.set()
+        self._due()
 
     def _on_event_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
-        # Cheap filter first: only cancellations, and events a handler waits for, matter here.
+        # The payload is a JSON array of events (see migration 0003). Cheap filter first: only
+        # cancellations, and events a handler waits for, matter here.
         if '"cancelled"' not in payload and not self._event_waiters:
             return
         try:
-            event = json.loads(payload)
-            job_id = uuid.UUID(event["job_id"])
-        except (ValueError, KeyError, TypeError):
+            events = json.loads(payload)
+        except ValueError:
             return
-        if event.get("status") == "cancelled":
-            self._abort(job_id, by_owner=True)
-        waiter = self._event_waiters.get((job_id, str(event.get("kind"))))
-        if waiter is not None:
-            waiter.set()
+        for event in events if isinstance(events, list) else [events]:
+            try:
+                job_id = uuid.UUID(event["job_id"])
+            except (ValueError, KeyError, TypeError):
+                continue
+            if event.get("status") == "cancelled":
+                self._abort(job_id, by_owner=True)
+            waiter = self._event_waiters.get((job_id, str(event.get("kind"))))
+            if waiter is not None:
+                waiter.set()
 
     def _event_waiter(self, job_id: uuid.UUID, kind: str) -> asyncio.Event:
         return self._event_waiters.setdefault((job_id, kind), asyncio.Event())
@@ -322,53 +344,67 @@ class Worker:
     # -- claiming ------------------------------------------------------------------------------
 
     async def _dispatch_loop(self) -> None:
+        """Keep the slots full: up to MAX_CLAIMS_IN_FLIGHT claims at once, each for a share of the free
+        slots, so claiming overlaps with running and completing; sleep when the queue is empty."""
         while not self._stopping.is_set():
-            timeout = await self._drain()
-            if self._stopping.is_set():
-                break
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
-            self._wake.clear()
-
-    async def _drain(self) -> float:
-        """Claim up to the free slots until the queue has nothing due; return how long to sleep."""
-        while not self._stopping.is_set():
-            free = self.config.concurrency - len(self._running)
-            if free <= 0:
-                self._slot_freed.clear()
-                waiter = asyncio.ensure_future(self._slot_freed.wait())
-                stopper = asyncio.ensure_future(self._stopping.wait())
-                await asyncio.wait([waiter, stopper], return_when=asyncio.FIRST_COMPLETED)
-                waiter.cancel()
-                stopper.cancel()
+            self._kick.clear()
+            free = self.config.concurrency - len(self._running) - self._reserved
+            empty = self._empty_gen == self._due_gen
+            if not empty and free > 0 and len(self._claims) < MAX_CLAIMS_IN_FLIGHT:
+                self._start_claim(min(free, self._claim_batch))
                 continue
+            timeout = None
+            if empty and not self._claims:
+                timeout = await self._idle_timeout()
             try:
-                rows = await self.pool.fetch(
-                    q("claim_jobs"), self.config.worker_id, free, self.config.lease_seconds, self._owner
-                )
-            except CONNECTION_ERRORS as exc:
-                log.warning("claim failed (%s); retrying", type(exc).__name__)
-                return min(self.config.reconnect_cap_seconds, self.config.poll_interval)
-            now = time.perf_counter()
-            for row in rows:
-                job = Job.from_record(row)
-                task = asyncio.create_task(self._run_job(job), name=f"imagen-job-{job.id}")
-                self._running[job.id] = _Running(job, task, now)
-            self.stats["claimed"] += len(rows)
-            if len(rows) < free:
-                return await self._sleep_budget()
-        return 0.0
+                await asyncio.wait_for(self._kick.wait(), timeout)
+            except TimeoutError:
+                self._due()  # the safety poll, or a scheduled job's run_at
 
-    async def _sleep_budget(self) -> float:
-        """Sleep until the next pending job is due, or the poll interval, whichever is sooner."""
+    def _start_claim(self, n: int) -> None:
+        self._reserved += n
+        self._claims.add(asyncio.create_task(self._claim(n, self._due_gen)))
+
+    async def _claim(self, n: int, gen: int) -> None:
         try:
-            due = await self.pool.fetchval(q("next_run_at"), self._owner)
-        except CONNECTION_ERRORS:
-            return self.config.reconnect_cap_seconds
-        if due is None:
-            return self.config.poll_interval
-        wait = float(due.timestamp()) - time.time()
-        return max(0.01, min(self.config.poll_interval, wait))
+            rows = await self.pool.fetch(
+                q("claim_jobs"), self.config.worker_id, n, self.config.lease_seconds, self._owner
+            )
+        except CONNECTION_ERRORS as exc:
+            log.warning("claim failed (%s); retrying", type(exc).__name__)
+            self._empty_gen = gen
+            self._idle_until = (gen, time.monotonic() + self.config.reconnect_cap_seconds)
+            return
+        finally:
+            # Leave the in-flight set before waking the dispatcher (a done-callback would run after it).
+            self._claims.discard(asyncio.current_task())  # type: ignore[arg-type]
+            self._reserved -= n
+            self._kick.set()
+        now = time.perf_counter()
+        for row in rows:
+            job = Job.from_record(row)
+            task = asyncio.create_task(self._run_job(job), name=f"imagen-job-{job.id}")
+            self._running[job.id] = _Running(job, task, now)
+        self.stats["claimed"] += len(rows)
+        if len(rows) < n and gen == self._due_gen:
+            self._empty_gen = gen
+
+    async def _idle_timeout(self) -> float:
+        """Seconds until the next pending job is due, or the poll interval, whichever is sooner
+        (asked of the database once per idle spell)."""
+        gen = self._due_gen
+        if self._idle_until is None or self._idle_until[0] != gen:
+            try:
+                due = await self.pool.fetchval(q("next_run_at"), self._owner)
+            except CONNECTION_ERRORS:
+                due = None
+                wait = self.config.reconnect_cap_seconds
+            else:
+                wait = self.config.poll_interval
+                if due is not None:
+                    wait = min(wait, max(0.01, float(due.timestamp()) - time.time()))
+            self._idle_until = (gen, time.monotonic() + wait)
+        return max(0.0, self._idle_until[1] - time.monotonic())
 
     # -- running one job -----------------------------------------------------------------------
 
@@ -405,11 +441,12 @@ class Worker:
 
     def _release_slot(self, job_id: uuid.UUID, *, keep_lease: bool = False) -> None:
         running = self._running.pop(job_id, None)
-        for key in [k for k in self._event_waiters if k[0] == job_id]:
-            del self._event_waiters[key]
+        if self._event_waiters:
+            for key in [k for k in self._event_waiters if k[0] == job_id]:
+                del self._event_waiters[key]
         if keep_lease and running is not None:
             self._awaiting_flush[job_id] = running.job
-        self._slot_freed.set()
+        self._kick.set()
 
     async def _fail(self, ctx: JobContext, exc: BaseException) -> None:
         job = ctx.job
@@ -479,9 +516,10 @@ class Worker:
             await asyncio.wait_for(self._flush_idle.wait(), within)
 
     async def _complete(self, batch: list[tuple[Job, JobResult]]) -> None:
-        results = [{"id": str(job.id), "cost_usd": _num(res.cost_usd)} for job, res in batch]
+        ids = [job.id for job, _ in batch]
+        costs = [res.cost_usd for _, res in batch]
         images = [_image_row(job, res.image) for job, res in batch if res.image is not None]
-        done = await self.pool.fetch(q("complete_jobs"), self.config.worker_id, results, images)
+        done = await self.pool.fetch(q("complete_jobs"), self.config.worker_id, ids, costs, images)
         self.stats["done"] += len(done)
         if log.isEnabledFor(logging.INFO):
             now = time.time()
@@ -539,7 +577,7 @@ class Worker:
                     r["max_attempts"],
                 )
             if reaped or self.config.poll_only:
-                self._wake.set()
+                self._due()
             await asyncio.sleep(self.config.poll_interval)
 
     # -- helpers -------------------------------------------------------------------------------
@@ -562,14 +600,9 @@ class Worker:
                 delay = min(self.config.reconnect_cap_seconds, delay * 2)
 
 
-def _num(value: Decimal | None) -> str | None:
-    return None if value is None else str(value)
-
-
 def _image_row(job: Job, image: ImageRecord) -> dict[str, Any]:
     return {
         "id": str(image.id),
-        "owner_user_id": str(job.owner_user_id),
         "job_id": str(job.id),
         "bucket": image.bucket,
         "path": image.path,

