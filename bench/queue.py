@@ -15,6 +15,13 @@ Env: PG_ADMIN_DSN (postgresql://postgres@127.0.0.1:5432/postgres), N, LAT_N, GAP
 
 from __future__ import annotations
 
+import sys
+
+# Run as a script, this file's folder heads sys.path and this file would shadow the standard
+# library's `queue` (which asyncio's thread pool imports). Drop that entry before anything else.
+if sys.path and sys.path[0].rstrip("/").endswith("bench"):
+    sys.path.pop(0)
+
 import argparse
 import asyncio
 import json
@@ -23,7 +30,6 @@ import shutil
 import signal
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -193,13 +199,19 @@ def worker_rss(in_flight: int = 1000) -> dict[str, Any]:
     proc.send_signal(signal.SIGTERM)
     proc.wait(60)
     shutil.rmtree(data, ignore_errors=True)
-    return {"worker_peak_rss_mb": round(hwm_kb / 1024, 1), "peak_jobs_in_flight": peak_running, "seconds": round(elapsed, 1)}
+    return {
+        "worker_peak_rss_mb": round(hwm_kb / 1024, 1),
+        "peak_jobs_in_flight": peak_running,
+        "seconds": round(elapsed, 1),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--with-peers", action="store_true", help="also run floor.py and the peers, and print ratios")
-    parser.add_argument("--rss", action="store_true", help="also measure the worker's peak RSS with 1,000 jobs in flight")
+    parser.add_argument(
+        "--rss", action="store_true", help="also measure the worker's peak RSS with 1,000 jobs in flight"
+    )
     args = parser.parse_args()
     runs = int(os.environ.get("RUNS", 1))
     ours = []

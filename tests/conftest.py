@@ -20,8 +20,13 @@ from typing import Any, TypeVar
 import asyncpg
 import pytest
 import pytest_asyncio
+
 from imagen_worker.db import init_connection
 from imagen_worker.migrate import migrate
+
+from .base64_scan import assert_no_base64_images
+
+pytest_plugins = ["pytest_jupyter.jupyter_server"]
 
 T = TypeVar("T")
 
@@ -124,10 +129,12 @@ def empty_db_url(pg_admin_url: str) -> Iterator[str]:
 
 @pytest.fixture
 def db_url(pg_admin_url: str, template_db: str) -> Iterator[str]:
-    """A fresh database with the whole imagen schema."""
+    """A fresh database with the whole imagen schema. At teardown every text and jsonb column of
+    the imagen schema is scanned for base64 image data (the test errors if any is found)."""
     name = f"imagen_t_{uuid.uuid4().hex[:12]}"
     run_sync(lambda: _create_database(pg_admin_url, name, template_db))
-    yield url_for(pg_admin_url, name)
+    yield (url := url_for(pg_admin_url, name))
+    run_sync(lambda: assert_no_base64_images(url))
     run_sync(lambda: _drop_database(pg_admin_url, name))
 
 

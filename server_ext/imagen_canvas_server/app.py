@@ -7,14 +7,15 @@ import contextlib
 from typing import Any
 
 import asyncpg
+from jupyter_server.extension.application import ExtensionApp
+from traitlets import Bool, Float, Int, Unicode
+
 from imagen_worker.config import Settings
 from imagen_worker.db import create_pool, resolve_database_url
 from imagen_worker.migrate import pending_migrations
 from imagen_worker.pipeline import ImagePipeline
 from imagen_worker.queue import Worker, WorkerConfig
 from imagen_worker.storage import storage_from_settings
-from jupyter_server.extension.application import ExtensionApp
-from traitlets import Bool, Float, Int, Unicode
 
 from .handlers import HealthHandler
 
@@ -85,6 +86,10 @@ class ImagenCanvasApp(ExtensionApp):
 
     async def stop_extension(self) -> None:
         service = self.service
+        if not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
         if service.worker is not None:
             service.worker.stop()
             with contextlib.suppress(Exception):

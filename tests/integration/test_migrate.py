@@ -9,13 +9,24 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+
 from imagen_worker import migrate as migrate_module
 from imagen_worker.errors import MigrationError
 from imagen_worker.migrate import Migration, load_migrations, migrate
 
 from ..conftest import IMAGEN
 
-EXPECTED_TABLES = {"jobs", "images", "job_events", "canvases", "canvas_nodes", "canvas_edges", "schema_migrations"}
+EXPECTED_TABLES = {
+    "jobs",
+    "images",
+    "job_events",
+    "canvases",
+    "canvas_nodes",
+    "canvas_edges",
+    "provider_limits",
+    "provider_slots",
+    "schema_migrations",
+}
 
 
 def run_migrate(url: str) -> subprocess.CompletedProcess[str]:

@@ -12,6 +12,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+
 from imagen_worker.errors import PermanentJobError, RateLimited, RetryableJobError
 from imagen_worker.jobs import submit_job
 from imagen_worker.queue import JobContext, JobResult, WorkerConfig

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+
 from imagen_worker.db import init_connection
 from imagen_worker.migrate import migrate
 from imagen_worker.queue import JobContext, WorkerConfig

@@ -9,6 +9,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+
 from imagen_worker.queries import q
 
 pytestmark = pytest.mark.asyncio

@@ -10,6 +10,7 @@ import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -135,6 +136,20 @@ def migrate(database_url: str | None) -> None:
     "--poll-only", is_flag=True, help="No LISTEN (for PgBouncer transaction mode or Supavisor): poll instead."
 )
 @click.option(
+    "--webhook-port",
+    type=click.IntRange(0, 65535),
+    envvar="IMAGEN_WEBHOOK_PORT",
+    default=None,
+    help="Also serve POST /imagen/webhooks/{provider} on this port [env IMAGEN_WEBHOOK_PORT; unset: no server].",
+)
+@click.option(
+    "--webhook-host",
+    envvar="IMAGEN_WEBHOOK_HOST",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address of the webhook server [env IMAGEN_WEBHOOK_HOST]; put a TLS reverse proxy in front of it.",
+)
+@click.option(
     "--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]), show_default=True
 )
 def worker(
@@ -147,6 +162,8 @@ def worker(
     scope: str,
     owner: str | None,
     poll_only: bool,
+    webhook_port: int | None,
+    webhook_host: str,
     log_level: str,
 ) -> None:
     """Run the worker until SIGTERM/SIGINT (graceful; a second signal exits at once)."""
@@ -172,7 +189,12 @@ def worker(
         (await connect(url)).terminate()  # migrate before work starts
         w = Worker(url, ImagePipeline(storage_from_settings(settings)), config)
         w.install_signal_handlers()
-        await w.run()
+        async with contextlib.AsyncExitStack() as stack:
+            if webhook_port is not None:
+                from .webhook_server import serve_webhooks
+
+                await stack.enter_async_context(serve_webhooks(url, webhook_host, webhook_port))
+            await w.run()
 
     _run(go)
 
@@ -328,19 +350,103 @@ def generate(
     _run(go)
 
 
+_SINCE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def _parse_since(value: str) -> datetime:
+    """`--since`: a duration back from now (90s, 30m, 12h, 7d, 2w) or an ISO 8601 time (UTC unless given)."""
+    text = value.strip()
+    number, unit = text[:-1], text[-1:].lower()
+    if unit in _SINCE_UNITS and number.replace(".", "", 1).isdigit():
+        return datetime.now(UTC) - timedelta(seconds=float(number) * _SINCE_UNITS[unit])
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is neither a duration (90s, 30m, 12h, 7d, 2w) nor an ISO time (2025-01-31T09:00)",
+            param_hint="--since",
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _fmt_seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f} s"
+
+
+def _echo_stats(report: dict[str, Any]) -> None:
+    window = f"created since {report['since']}" if report["since"] else "all time"
+    click.echo(f"jobs ({window}): {report['jobs']}")
+    click.echo("  " + "  ".join(f"{status} {n}" for status, n in report["counts"].items()))
+    run, wait = report["run_seconds"], report["queue_wait_seconds"]
+    click.echo(
+        f"run time (started → completed, done jobs): p50 {_fmt_seconds(run['p50'])}  "
+        f"p95 {_fmt_seconds(run['p95'])}  (n={run['n']})"
+    )
+    click.echo(
+        f"queue wait (created → started):            p50 {_fmt_seconds(wait['p50'])}  "
+        f"p95 {_fmt_seconds(wait['p95'])}  (n={wait['n']})"
+    )
+    click.echo("by provider/model:")
+    for m in report["by_model"]:
+        unpriced = f"  ({m['unpriced_done']} done without a price)" if m["unpriced_done"] else ""
+        click.echo(
+            f"  {m['provider'] + '/' + m['model']:<40} jobs {m['jobs']:>6}  done {m['done']:>6}  "
+            f"failed {m['failed']:>5}  run p50 {_fmt_seconds(m['run_p50_s']):>9}  ${m['cost_usd']:.6f}{unpriced}"
+        )
+    click.echo(f"total cost: ${report['cost_usd']:.6f}")
+
+
 @main.command()
 @database_url_option
 @click.option("--status", type=click.Choice(["pending", "running", "done", "failed", "cancelled"]), default=None)
 @click.option("--owner", default=None, help="Only this owner's jobs.")
 @click.option("--limit", type=click.IntRange(1, 10000), default=50, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
-def jobs(database_url: str | None, status: str | None, owner: str | None, limit: int, as_json: bool) -> None:
-    """List recent jobs, newest first."""
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line (with --stats: one JSON object).")
+@click.option(
+    "--stats",
+    is_flag=True,
+    help="Counts by status, p50/p95 run time and queue wait, and cost by provider/model, instead of the list.",
+)
+@click.option(
+    "--since",
+    default=None,
+    metavar="WHEN",
+    help="With --stats: only jobs created since WHEN, a duration back from now (30m, 12h, 7d) or an ISO time.",
+)
+def jobs(
+    database_url: str | None,
+    status: str | None,
+    owner: str | None,
+    limit: int,
+    as_json: bool,
+    stats: bool,
+    since: str | None,
+) -> None:
+    """List recent jobs, newest first; or, with --stats, usage and cost."""
+    if since is not None and not stats:
+        raise click.UsageError("--since goes with --stats")
+    if stats and status is not None:
+        raise click.UsageError("--stats counts every status; leave out --status")
+    since_at = _parse_since(since) if since is not None else None
+    owner_id = _owner(owner) if owner else None
 
-    async def go() -> None:
+    async def go_stats() -> None:
+        from .pricing import usage_report
+
         conn = await connect(database_url)
         try:
-            rows = await list_jobs(conn, status=status, owner_user_id=_owner(owner) if owner else None, limit=limit)
+            report = await usage_report(conn, since=since_at, owner_user_id=owner_id)
+        finally:
+            await conn.close()
+        if as_json:
+            click.echo(json.dumps(report))
+        else:
+            _echo_stats(report)
+
+    async def go_list() -> None:
+        conn = await connect(database_url)
+        try:
+            rows = await list_jobs(conn, status=status, owner_user_id=owner_id, limit=limit)
         finally:
             await conn.close()
         for r in rows:
@@ -350,7 +456,7 @@ def jobs(database_url: str | None, status: str | None, owner: str | None, limit:
                 err = f"  {r['error']}" if r["error"] else ""
                 click.echo(f"{r['id']}  {r['status']:<9}  {r['provider']}/{r['model']}  {r['prompt'][:50]!r}{err}")
 
-    _run(go)
+    _run(go_stats if stats else go_list)
 
 
 @main.command()
@@ -388,3 +494,127 @@ def providers(as_json: bool) -> None:
                 f"qualities={caps['qualities'] or '-'} seed={caps['seed']} negative_prompt={caps['negative_prompt']} "
                 f"edit={caps['edit']}"
             )
+
+
+@main.group("limits")
+def limits_group() -> None:
+    """Per-provider concurrency and rate limits, held across every worker sharing the database.
+
+    Workers pick up a change within 5 s. IMAGEN_PROVIDER_LIMITS (JSON) sets the same rows when a worker starts.
+    """
+
+
+def _echo_limits(rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        click.echo("no provider limits: every provider is unlimited")
+        return
+    click.echo(f"{'provider':<20} {'max_concurrent':>14} {'rpm':>10} {'burst':>6} {'in_use':>7} {'tokens':>8}")
+    for r in rows:
+        rpm = r["requests_per_minute"]
+        click.echo(
+            f"{r['provider']:<20} {r['max_concurrent'] if r['max_concurrent'] is not None else '-':>14} "
+            f"{f'{rpm:g}' if rpm is not None else '-':>10} {r['burst']:>6} {r['in_use']:>7} "
+            f"{r['tokens'] if r['tokens'] is not None else '-':>8}"
+        )
+
+
+@limits_group.command("set")
+@database_url_option
+@click.argument("provider")
+@click.option(
+    "--max-concurrent",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Calls to PROVIDER in flight at once, across all workers; 0 removes the cap.",
+)
+@click.option(
+    "--rpm",
+    type=click.FloatRange(min=0, max=1_000_000),
+    default=None,
+    help="Calls to PROVIDER per minute, across all workers; 0 removes the rate limit.",
+)
+@click.option(
+    "--burst",
+    type=click.IntRange(min=1, max=100_000),
+    default=None,
+    help="With --rpm: calls that may start back to back after a quiet spell [1: evenly spaced].",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the provider's limits as JSON.")
+def limits_set(
+    database_url: str | None,
+    provider: str,
+    max_concurrent: int | None,
+    rpm: float | None,
+    burst: int | None,
+    as_json: bool,
+) -> None:
+    """Set PROVIDER's limits; options left out keep their current value."""
+    from .limits import check_provider_name, list_limits, set_limit
+
+    if max_concurrent is None and rpm is None and burst is None:
+        raise click.UsageError("give --max-concurrent, --rpm and/or --burst")
+    try:
+        check_provider_name(provider)
+    except ImagenError as exc:
+        raise click.BadParameter(str(exc), param_hint="PROVIDER") from None
+
+    async def go() -> None:
+        conn = await connect(database_url)
+        try:
+            await set_limit(
+                conn,
+                provider,
+                max_concurrent=max_concurrent or None,
+                requests_per_minute=rpm or None,
+                burst=burst,
+                clear_max_concurrent=max_concurrent == 0,
+                clear_requests_per_minute=rpm == 0,
+            )
+            rows = [r for r in await list_limits(conn) if r["provider"] == provider]
+        finally:
+            await conn.close()
+        if as_json:
+            click.echo(json.dumps(rows[0]))
+        else:
+            _echo_limits(rows)
+
+    _run(go)
+
+
+@limits_group.command("unset")
+@database_url_option
+@click.argument("provider")
+def limits_unset(database_url: str | None, provider: str) -> None:
+    """Remove PROVIDER's limits: its calls are unlimited again."""
+    from .limits import delete_limit
+
+    async def go() -> None:
+        conn = await connect(database_url)
+        try:
+            removed = await delete_limit(conn, provider)
+        finally:
+            await conn.close()
+        click.echo(f"{provider}: limits removed" if removed else f"{provider}: had no limits")
+
+    _run(go)
+
+
+@limits_group.command("list")
+@database_url_option
+@click.option("--json", "as_json", is_flag=True, help="A JSON array.")
+def limits_list(database_url: str | None, as_json: bool) -> None:
+    """Every provider's limits, with the calls in flight and the tokens available now."""
+    from .limits import list_limits
+
+    async def go() -> None:
+        conn = await connect(database_url)
+        try:
+            rows = await list_limits(conn)
+        finally:
+            await conn.close()
+        if as_json:
+            click.echo(json.dumps(rows))
+        else:
+            _echo_limits(rows)
+
+    _run(go)

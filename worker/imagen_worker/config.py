@@ -41,6 +41,22 @@ def _int(env: dict[str, str], name: str, default: int, *, minimum: int) -> int:
     return value
 
 
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def _bool(env: dict[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ConfigError(f"{name}={raw!r} is not a yes/no value; set it to true or false")
+
+
 @dataclass(frozen=True)
 class Settings:
     """Runtime settings. `from_env()` reads the IMAGEN_* variables; CLI flags override them."""
@@ -54,6 +70,10 @@ class Settings:
     lease_seconds: float = 30.0
     job_timeout: float = 300.0
     shutdown_grace: float = 30.0
+    supabase_url: str | None = None
+    supabase_service_role_key: str | None = field(default=None, repr=False)
+    bucket: str = "images"
+    bucket_public: bool = False
 
     @property
     def store_dir(self) -> Path:
@@ -67,6 +87,26 @@ class Settings:
             raise ConfigError(f"IMAGEN_STORAGE={storage!r} is not a storage backend; use 'local' or 'supabase'")
         data_dir = Path(env["IMAGEN_DATA_DIR"]).expanduser() if env.get("IMAGEN_DATA_DIR") else default_data_dir()
         store = env.get("IMAGEN_LOCAL_STORE_DIR")
+        supabase_url = (env.get("SUPABASE_URL") or "").strip() or None
+        service_role_key = (env.get("SUPABASE_SERVICE_ROLE_KEY") or "").strip() or None
+        if storage == "supabase":
+            if supabase_url is None:
+                raise ConfigError(
+                    "SUPABASE_URL is not set; IMAGEN_STORAGE=supabase needs your project URL "
+                    "(https://<project-ref>.supabase.co)"
+                )
+            if service_role_key is None:
+                raise ConfigError(
+                    "SUPABASE_SERVICE_ROLE_KEY is not set; IMAGEN_STORAGE=supabase needs the project's "
+                    "service_role key (Project Settings → API)"
+                )
+        if supabase_url is not None and not supabase_url.startswith(("https://", "http://")):
+            raise ConfigError(
+                f"SUPABASE_URL={supabase_url!r} is not an http(s) URL; use https://<project-ref>.supabase.co"
+            )
+        bucket = (env.get("IMAGEN_BUCKET") or "").strip() or "images"
+        if "/" in bucket:
+            raise ConfigError(f"IMAGEN_BUCKET={bucket!r} is not a bucket name; it must not contain '/'")
         return cls(
             database_url=env.get("IMAGEN_DATABASE_URL") or None,
             data_dir=data_dir,
@@ -77,4 +117,8 @@ class Settings:
             lease_seconds=_float(env, "IMAGEN_LEASE_SECONDS", 30.0, minimum=1.0),
             job_timeout=_float(env, "IMAGEN_JOB_TIMEOUT", 300.0, minimum=0.1),
             shutdown_grace=_float(env, "IMAGEN_SHUTDOWN_GRACE", 30.0, minimum=0.0),
+            supabase_url=supabase_url,
+            supabase_service_role_key=service_role_key,
+            bucket=bucket,
+            bucket_public=_bool(env, "IMAGEN_BUCKET_PUBLIC", False),
         )

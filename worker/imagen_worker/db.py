@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
@@ -13,8 +12,9 @@ from .embedded import embedded_database_url
 from .errors import DatabaseError
 from .migrate import migrate
 
+# URLs this process has migrated. No process-level lock: `migrate` takes a database advisory lock,
+# so concurrent first calls are safe (and an asyncio lock would tie this module to one event loop).
 _migrated: set[str] = set()
-_migrate_lock = asyncio.Lock()
 
 
 async def init_connection(conn: asyncpg.Connection) -> None:
@@ -36,15 +36,12 @@ def resolve_database_url(url: str | None = None, settings: Settings | None = Non
 async def _ensure_migrated(url: str) -> None:
     if url in _migrated:
         return
-    async with _migrate_lock:
-        if url in _migrated:
-            return
-        conn = await _open(url)
-        try:
-            await migrate(conn)
-        finally:
-            await conn.close()
-        _migrated.add(url)
+    conn = await _open(url)
+    try:
+        await migrate(conn)
+    finally:
+        await conn.close()
+    _migrated.add(url)
 
 
 async def _open(url: str, **kwargs: Any) -> asyncpg.Connection:

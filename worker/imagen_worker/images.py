@@ -43,12 +43,23 @@ def process_image(data: bytes, *, thumb_size: int = THUMB_SIZE) -> ProcessedImag
             fmt = probe.format or ""
             width, height = probe.size
             probe.verify()
+    except Image.DecompressionBombError:
+        # Pillow refuses, on the header alone, images far beyond its own pixel limit.
+        raise ImageDataError(f"the image is too large to decode; the limit is {MAX_PIXELS} pixels") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise ImageDataError(f"the provider returned bytes that are not an image ({exc.__class__.__name__})") from None
     if fmt not in ACCEPTED:
         raise ImageDataError(f"image format {fmt or 'unknown'} is not accepted; accepted: {', '.join(ACCEPTED)}")
     if width * height > MAX_PIXELS:
         raise ImageDataError(f"the image is {width}x{height}; the limit is {MAX_PIXELS} pixels")
+    try:
+        thumbnail = make_thumbnail(data, thumb_size)
+    except (OSError, ValueError, SyntaxError) as exc:
+        # verify() reads chunk structure only; a truncated or corrupt pixel stream fails here. An OSError
+        # must not escape as is: the worker would take it for a lost connection and retry.
+        raise ImageDataError(
+            f"the provider returned a {fmt} image whose pixels cannot be decoded ({exc.__class__.__name__})"
+        ) from None
     content_type, ext = ACCEPTED[fmt]
     return ProcessedImage(
         data=data,
@@ -57,7 +68,7 @@ def process_image(data: bytes, *, thumb_size: int = THUMB_SIZE) -> ProcessedImag
         width=width,
         height=height,
         sha256=hashlib.sha256(data).hexdigest(),
-        thumbnail=make_thumbnail(data, thumb_size),
+        thumbnail=thumbnail,
     )
 
 

@@ -9,6 +9,8 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 
 from .errors import PermanentJobError, StorageError
 from .images import process_image
+from .limits import provider_slot
+from .pricing import list_price
 from .providers import Capabilities, GenerationRequest, ProviderRegistry
 from .queries import q
 from .queue import ImageRecord, JobContext, JobResult
@@ -57,8 +59,16 @@ class ImagePipeline:
             height=size[1] if size else None,
             previous_image=previous,
         )
+        # Priced before the call, so a malformed IMAGEN_PRICES_FILE fails the job before any spend.
+        list_usd = list_price(
+            job.provider,
+            job.model,
+            quality=spec.quality,
+            size=f"{request.width}x{request.height}" if request.width and request.height else None,
+        )
         try:
-            result = await provider.generate(request, ctx)
+            async with provider_slot(ctx):
+                result = await provider.generate(request, ctx)
         except asyncio.CancelledError:
             await asyncio.shield(provider.cancel(ctx))
             raise
@@ -80,7 +90,8 @@ class ImagePipeline:
                 model=job.model,
                 seed=result.image.seed,
             ),
-            cost_usd=result.cost_usd if result.cost_usd is not None else caps.price_usd,
+            # The provider's own figure, else the price table, else the provider's declared price.
+            cost_usd=next((c for c in (result.cost_usd, list_usd, caps.price_usd) if c is not None), None),
         )
 
     async def _put(self, key: str, data: bytes, content_type: str) -> None:

@@ -350,7 +350,10 @@ class Worker:
             self._kick.clear()
             free = self.config.concurrency - len(self._running) - self._reserved
             empty = self._empty_gen == self._due_gen
-            if not empty and free > 0 and len(self._claims) < MAX_CLAIMS_IN_FLIGHT:
+            # With a claim already in flight, another is worth its round trip only for a full share
+            # of the slots; otherwise slots freed one by one would each cost a claim statement.
+            wanted = 1 if not self._claims else self._claim_batch
+            if not empty and free >= wanted and len(self._claims) < MAX_CLAIMS_IN_FLIGHT:
                 self._start_claim(min(free, self._claim_batch))
                 continue
             timeout = None
@@ -377,7 +380,7 @@ class Worker:
             return
         finally:
             # Leave the in-flight set before waking the dispatcher (a done-callback would run after it).
-            self._claims.discard(asyncio.current_task())  # type: ignore[arg-type]
+            self._claims.discard(asyncio.current_task())
             self._reserved -= n
             self._kick.set()
         now = time.perf_counter()
@@ -523,9 +526,9 @@ class Worker:
         self.stats["done"] += len(done)
         if log.isEnabledFor(logging.INFO):
             now = time.time()
-            ids = {r["id"] for r in done}
+            written = {r["id"] for r in done}
             for job, res in batch:
-                if job.id in ids:
+                if job.id in written:
                     log.info(
                         "job=%s event=done total_ms=%.0f image=%s",
                         job.id,

@@ -149,6 +149,8 @@ create index jobs_pending_idx on imagen.jobs (priority, run_at) where status = '
 -- The reaper's index: running rows by lease expiry.
 create index jobs_running_lease_idx on imagen.jobs (lease_expires_at) where status = 'running';
 create index jobs_owner_recent_idx on imagen.jobs (owner_user_id, created_at desc);
+-- Webhook deliveries name the provider's job id.
+create index jobs_provider_job_idx on imagen.jobs (provider, provider_job_id) where provider_job_id is not null;
 
 create table imagen.images (
   id              uuid primary key default gen_random_uuid(),

@@ -1,0 +1,241 @@
+"""Per-provider limits hold across every worker on the database: max_concurrent caps calls in flight,
+requests_per_minute spaces them, a killed worker's slot is reclaimed when its lease expires, and
+providers without limits pay no database round trip."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+import asyncpg
+import pytest
+
+from imagen_worker.errors import ConfigError
+from imagen_worker.jobs import submit_job
+from imagen_worker.limits import limits_from_env, list_limits, provider_limiter, set_limit
+from imagen_worker.providers import Capabilities, GeneratedImage, GenerationRequest, Provider, ProviderResult
+from imagen_worker.providers.local import draw
+from imagen_worker.queue import WorkerConfig
+from imagen_worker.spec import parse_spec
+
+from ..conftest import IMAGEN
+from ..helpers import local_pipeline, running_worker, wait_for_status
+
+if TYPE_CHECKING:
+    from imagen_worker.queue import JobContext
+
+pytestmark = pytest.mark.asyncio
+
+OWNER = uuid.UUID("00000000-0000-4000-8000-00000000000a")
+
+
+class CallRecorder:
+    """Every provider call's start and end, and the most calls in flight at once."""
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.starts: list[float] = []
+
+    def enter(self) -> None:
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        self.starts.append(time.monotonic())
+
+    def leave(self) -> None:
+        self.in_flight -= 1
+
+
+class SlowProvider(Provider):
+    """A provider whose calls take `delay` seconds, recorded by a recorder shared between workers."""
+
+    name = "slow"
+    models: ClassVar[dict[str, Capabilities]] = {"slow-v1": Capabilities(default_size="32x32", cancel=True)}
+
+    def __init__(self, recorder: CallRecorder, delay: float) -> None:
+        self.recorder = recorder
+        self.delay = delay
+
+    async def generate(self, request: GenerationRequest, ctx: JobContext) -> ProviderResult:
+        self.recorder.enter()
+        try:
+            await asyncio.sleep(self.delay)
+            return ProviderResult(GeneratedImage(draw(request.prompt, 1, 32, 32), seed=1))
+        finally:
+            self.recorder.leave()
+
+
+async def submit(conn: asyncpg.Connection, n: int, provider: str = "slow", **spec: object) -> list[uuid.UUID]:
+    model = {"slow": "slow-v1", "local": "local-v1"}[provider]
+    return [
+        await submit_job(
+            conn, parse_spec({"prompt": f"job {i}", **spec}), owner_user_id=OWNER, provider=provider, model=model
+        )
+        for i in range(n)
+    ]
+
+
+def config() -> WorkerConfig:
+    return WorkerConfig(concurrency=8, poll_interval=0.5, lease_seconds=5)
+
+
+async def test_max_concurrent_set_by_cli_holds_across_two_workers(
+    db: asyncpg.Connection, db_url: str, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    out = subprocess.run(
+        [*IMAGEN, "limits", "set", "slow", "--max-concurrent", "2", "--json"],
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["max_concurrent"] == 2
+    recorder = CallRecorder()
+    factories: dict[str, Callable[[], Provider]] = {"slow": lambda: SlowProvider(recorder, 0.25)}
+    async with (
+        running_worker(db_url, local_pipeline(tmp_path / "a", factories), config()),
+        running_worker(db_url, local_pipeline(tmp_path / "b", factories), config()),
+    ):
+        await asyncio.sleep(0.3)  # both LISTENing, so both claim
+        ids = await submit(db, 12)
+        statuses = await wait_for_status(db, ids, timeout=30)
+    assert set(statuses.values()) == {"done"}
+    assert recorder.max_in_flight == 2, "more than max_concurrent calls ran at once"
+    holders = await db.fetch("select distinct locked_by from imagen.jobs where id = any($1::uuid[])", ids)
+    assert len(holders) == 2, "both workers should have run jobs"
+    assert await db.fetchval("select count(*) from imagen.provider_slots") == 0
+
+
+async def test_requests_per_minute_spaces_calls_across_workers(
+    db: asyncpg.Connection, db_url: str, tmp_path: Path
+) -> None:
+    await set_limit(db, "slow", requests_per_minute=120)  # one call every 0.5 s, burst 1
+    recorder = CallRecorder()
+    factories: dict[str, Callable[[], Provider]] = {"slow": lambda: SlowProvider(recorder, 0.0)}
+    async with (
+        running_worker(db_url, local_pipeline(tmp_path / "a", factories), config()),
+        running_worker(db_url, local_pipeline(tmp_path / "b", factories), config()),
+    ):
+        ids = await submit(db, 5)
+        await wait_for_status(db, ids, timeout=30)
+    starts = sorted(recorder.starts)
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    assert len(starts) == 5
+    assert min(gaps) >= 0.4, f"calls closer than the rate allows: {gaps}"
+    assert starts[-1] - starts[0] >= 4 * 0.5 - 0.1
+
+
+DEAD_WORKER = textwrap.dedent(
+    """
+    import asyncio, sys
+    from pathlib import Path
+    from imagen_worker.pipeline import ImagePipeline
+    from imagen_worker.queue import Worker, WorkerConfig
+    from imagen_worker.storage import LocalStorage
+
+    async def main():
+        storage = LocalStorage(Path(sys.argv[2]), signing_key=b"test-signing-key-0123456789")
+        config = WorkerConfig(concurrency=1, poll_interval=0.5, lease_seconds=2, worker_id="doomed-worker")
+        await Worker(sys.argv[1], ImagePipeline(storage), config).run()
+
+    asyncio.run(main())
+    """
+)
+
+
+async def test_slot_of_a_sigkilled_worker_is_reclaimed_when_its_lease_expires(
+    db: asyncpg.Connection, db_url: str, tmp_path: Path
+) -> None:
+    await set_limit(db, "local", max_concurrent=1)
+    stuck = await submit_job(
+        db,
+        parse_spec({"prompt": "a very slow picture", "options": {"delay_s": 60}}),
+        owner_user_id=OWNER,
+        max_attempts=1,
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", DEAD_WORKER, db_url, str(tmp_path / "dead")],
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not await db.fetchval("select count(*) from imagen.provider_slots where job_id = $1", stuck):
+            assert time.monotonic() < deadline, "the doomed worker never took its slot"
+            assert proc.poll() is None, "the doomed worker exited"
+            await asyncio.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    lease_end = await db.fetchval("select lease_expires_at from imagen.jobs where id = $1", stuck)
+
+    async with running_worker(db_url, local_pipeline(tmp_path / "live"), config()):
+        ids = await submit(db, 2, provider="local")
+        statuses = await wait_for_status(db, [*ids, stuck], timeout=30)
+    assert statuses[stuck] == "failed", "the dead worker's job is reaped (its one attempt spent)"
+    assert [statuses[i] for i in ids] == ["done", "done"]
+    finished = await db.fetch("select completed_at from imagen.jobs where id = any($1::uuid[])", ids)
+    assert all(r["completed_at"] >= lease_end for r in finished), "a call ran while the dead worker's slot was alive"
+    assert await db.fetchval("select count(*) from imagen.provider_slots") == 0
+
+
+async def test_providers_without_limits_run_unthrottled_with_no_database_round_trip(
+    db: asyncpg.Connection, db_url: str, tmp_path: Path
+) -> None:
+    await set_limit(db, "other", max_concurrent=1, requests_per_minute=1)
+    recorder = CallRecorder()
+    pipeline = local_pipeline(tmp_path, {"slow": lambda: SlowProvider(recorder, 0.4)})
+    async with running_worker(db_url, pipeline, config()) as worker:
+        started = time.monotonic()
+        ids = await submit(db, 8)
+        await wait_for_status(db, ids, timeout=30)
+        elapsed = time.monotonic() - started
+        stats = dict(provider_limiter(worker).stats)
+    assert recorder.max_in_flight == 8
+    assert elapsed < 8 * 0.4, "unlimited calls were serialised"
+    assert stats["acquires"] == 0, "an unlimited provider's call asked the database for a slot"
+    assert stats["refreshes"] == 1, "the limits cache was reloaded inside its refresh period"
+
+
+async def test_limits_from_env_are_written_to_the_database_and_enforced(
+    db: asyncpg.Connection, db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("IMAGEN_PROVIDER_LIMITS", json.dumps({"slow": {"max_concurrent": 1, "rpm": 6000}}))
+    recorder = CallRecorder()
+    pipeline = local_pipeline(tmp_path, {"slow": lambda: SlowProvider(recorder, 0.1)})
+    async with running_worker(db_url, pipeline, config()):
+        ids = await submit(db, 4)
+        await wait_for_status(db, ids, timeout=30)
+    assert recorder.max_in_flight == 1
+    [row] = await list_limits(db)
+    assert (row["provider"], row["max_concurrent"], row["requests_per_minute"]) == ("slow", 1, 6000.0)
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ("{not json", "IMAGEN_PROVIDER_LIMITS is not valid JSON"),
+        ('["openai"]', "must be a JSON object"),
+        ('{"OpenAI": {"max_concurrent": 1}}', "'OpenAI' is not a provider name"),
+        ('{"openai": {"max_concurrent": 0}}', "max_concurrent must be a whole number of at least 1"),
+        ('{"openai": {"rpm": -5}}', "requests_per_minute must be a number above 0"),
+        ('{"openai": {"max_inflight": 2}}', "unknown key(s) max_inflight"),
+    ],
+)
+async def test_malformed_env_limits_raise_an_error_naming_the_problem(raw: str, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        limits_from_env({"IMAGEN_PROVIDER_LIMITS": raw})
+    assert message in str(err.value)
