@@ -10,7 +10,8 @@ every 5 ms), `throughput_body_jobs_s` = N / time until the last handler ran. Con
 Latency: the same worker idle 1 s and listening; LAT_N (200) jobs inserted one at a time, GAP_MS (20)
 apart, over a separate connection; latency = time from just before the INSERT to the handler's start.
 Leases, heartbeats, the reaper and the job_events rows of every transition are all on.
-Env: PG_ADMIN_DSN (postgresql://postgres@127.0.0.1:5432/postgres), N, LAT_N, GAP_MS, CONC, RUNS.
+Env: PG_ADMIN_DSN (postgresql://postgres@127.0.0.1:5432/postgres), N, LAT_N, GAP_MS, CONC, PREFETCH
+(default CONC: claims of CONC jobs, as pgqueuer's batch_size), RUNS.
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ N = int(os.environ.get("N", 5000))
 LAT_N = int(os.environ.get("LAT_N", 200))
 GAP = float(os.environ.get("GAP_MS", 20)) / 1000
 CONC = int(os.environ.get("CONC", 10))
+# Claims of CONC jobs, like pgqueuer's batch_size=CONC: at most CONC handlers run, and up to
+# PREFETCH more jobs are claimed ahead of a free slot.
+PREFETCH = int(os.environ.get("PREFETCH", CONC))
 OWNER = "00000000-0000-4000-8000-0000000000be"
 HERE = Path(__file__).resolve().parent
 PEERS = HERE.parent.parent / "shared" / "peers"
@@ -89,7 +93,7 @@ async def bench_ours() -> dict[str, Any]:
         else:
             started[int(ctx.job.prompt)] = now()
 
-    worker = Worker(dsn, handler, WorkerConfig(concurrency=CONC))
+    worker = Worker(dsn, handler, WorkerConfig(concurrency=CONC, prefetch=PREFETCH))
     t_start = now()
     task = asyncio.create_task(worker.run())
     await all_done.wait()
@@ -125,7 +129,7 @@ async def bench_ours() -> dict[str, Any]:
         "lat_n": LAT_N,
         "concurrency": CONC,
         "job_events_rows": events,
-        "setting": f"concurrency={CONC}, leases+heartbeat+reaper+events on",
+        "setting": f"concurrency={CONC}, prefetch={PREFETCH}, leases+heartbeat+reaper+events on",
     }
 
 

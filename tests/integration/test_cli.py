@@ -103,3 +103,25 @@ def test_worker_help_lists_every_documented_flag() -> None:
         "--poll-only",
     ):
         assert flag in out
+
+
+def test_worker_refuses_to_start_with_malformed_limits_or_prices(cli_env: dict[str, str], tmp_path: Path) -> None:
+    bad_limits = subprocess.run(
+        [*IMAGEN, "worker"],
+        env={**cli_env, "IMAGEN_PROVIDER_LIMITS": "{not json"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad_limits.returncode != 0 and "Error: IMAGEN_PROVIDER_LIMITS is not valid JSON" in bad_limits.stderr
+    assert "Traceback" not in bad_limits.stderr
+    prices = tmp_path / "prices.json"
+    prices.write_text('{"openai/gpt-image-1": "free"}')
+    bad_prices = subprocess.run(
+        [*IMAGEN, "worker"],
+        env={**cli_env, "IMAGEN_PRICES_FILE": str(prices)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad_prices.returncode != 0 and str(prices) in bad_prices.stderr

@@ -382,3 +382,62 @@ async def test_invalid_spec_fails_with_a_message_naming_the_field(
     assert "spec.size" in row["error"] and "1024x1024" in row["error"]
     assert "spec.colour: is not a spec field" in row["error"]
     assert row["attempts"] == 1
+
+
+async def test_prefetched_jobs_wait_for_a_slot_and_never_exceed_concurrency(
+    db: asyncpg.Connection, db_url: str
+) -> None:
+    running = 0
+    peak = 0
+
+    async def handler(ctx: JobContext) -> None:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0.05)
+        running -= 1
+
+    ids = [await sql_insert(db, f"job {i}") for i in range(30)]
+    async with running_worker(db_url, handler, WorkerConfig(concurrency=3, prefetch=6)) as worker:
+        await asyncio.sleep(0.1)
+        held = await db.fetchval("select count(*) from imagen.jobs where status = 'running'")
+        await wait_for_status(db, ids, ["done"], timeout=30)
+    assert peak == 3, "more handlers ran at once than the concurrency allows"
+    assert 3 < held <= 9, f"prefetch should hold up to concurrency + prefetch jobs, held {held}"
+    assert worker.stats["done"] == 30
+
+
+async def test_cancelling_a_prefetched_job_drops_it_before_it_starts(db: asyncpg.Connection, db_url: str) -> None:
+    started: list[uuid.UUID] = []
+    gate = asyncio.Event()
+
+    async def handler(ctx: JobContext) -> None:
+        started.append(ctx.job.id)
+        await gate.wait()
+
+    first = await sql_insert(db, "first")
+    async with running_worker(db_url, handler, WorkerConfig(concurrency=1, prefetch=1)):
+        await wait_for_status(db, [first], ["running"])
+        second = await sql_insert(db, "second")
+        await wait_for_status(db, [second], ["running"])  # claimed into the prefetch buffer
+        assert await db.fetchval("select imagen.cancel_job($1)", second) == "cancelled"
+        await asyncio.sleep(0.3)
+        gate.set()
+        await wait_for_status(db, [first], ["done"])
+        await asyncio.sleep(0.3)
+    assert started == [first]
+    assert await db.fetchval("select status from imagen.jobs where id = $1", second) == "cancelled"
+
+
+async def test_shutdown_releases_prefetched_jobs_that_never_started(db: asyncpg.Connection, db_url: str) -> None:
+    async def slow(ctx: JobContext) -> None:
+        await asyncio.sleep(0.5)
+
+    ids = [await sql_insert(db, f"job {i}") for i in range(3)]
+    async with running_worker(db_url, slow, WorkerConfig(concurrency=1, prefetch=2)):
+        await wait_for_status(db, ids, ["running"])
+    rows = await db.fetch(
+        "select status, attempts from imagen.jobs where id = any($1::uuid[]) order by created_at", ids
+    )
+    assert [r["status"] for r in rows] == ["done", "pending", "pending"]
+    assert [r["attempts"] for r in rows] == [1, 0, 0]

@@ -292,7 +292,7 @@ async def test_claim_query_uses_the_partial_pending_index(db: asyncpg.Connection
         "insert into imagen.jobs (owner_user_id, prompt) select $1, 'new' from generate_series(1, 20)", owner
     )
     await db.execute("analyze imagen.jobs")
-    plan = "\n".join(r[0] for r in await db.fetch("explain " + q("claim_jobs"), "w1", 10, 30.0, None))
+    plan = "\n".join(r[0] for r in await db.fetch("explain " + q("claim_jobs"), "w1", 10, 30.0, None, [], [], [], []))
     assert "jobs_pending_idx" in plan, plan
 
 

@@ -99,6 +99,12 @@ def migrate(database_url: str | None) -> None:
     help="Jobs in flight at once [env IMAGEN_WORKER_CONCURRENCY, 8].",
 )
 @click.option(
+    "--prefetch",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Jobs claimed ahead of a free slot [env IMAGEN_WORKER_PREFETCH, 0]; helps many short jobs.",
+)
+@click.option(
     "--poll-interval",
     type=click.FloatRange(min=0.05),
     default=None,
@@ -155,6 +161,7 @@ def migrate(database_url: str | None) -> None:
 def worker(
     database_url: str | None,
     concurrency: int | None,
+    prefetch: int | None,
     poll_interval: float | None,
     lease_seconds: float | None,
     job_timeout: float | None,
@@ -172,9 +179,13 @@ def worker(
     from .storage import storage_from_settings
 
     _setup_logging(log_level)
-    settings = Settings.from_env()
+    try:
+        settings = Settings.from_env()
+    except ImagenError as exc:
+        raise click.ClickException(str(exc)) from None
     config = WorkerConfig(
         concurrency=concurrency or settings.concurrency,
+        prefetch=prefetch if prefetch is not None else settings.prefetch,
         poll_interval=poll_interval or settings.poll_interval,
         lease_seconds=lease_seconds or settings.lease_seconds,
         job_timeout=job_timeout or settings.job_timeout,
@@ -183,6 +194,16 @@ def worker(
         owner_user_id=_owner(owner) if scope == "owner" else None,
         poll_only=poll_only,
     )
+
+    from .limits import limits_from_env
+    from .pricing import price_table
+
+    # Malformed limits or prices stop the worker here, not job by job later.
+    try:
+        limits_from_env()
+        price_table()
+    except ImagenError as exc:
+        raise click.ClickException(str(exc)) from None
 
     async def go() -> None:
         url = resolve_database_url(database_url, settings)

@@ -66,6 +66,7 @@ class Settings:
     storage: str = "local"
     local_store_dir: Path | None = None
     concurrency: int = 8
+    prefetch: int = 0
     poll_interval: float = 5.0
     lease_seconds: float = 30.0
     job_timeout: float = 300.0
@@ -113,6 +114,7 @@ class Settings:
             storage=storage,
             local_store_dir=Path(store).expanduser() if store else None,
             concurrency=_int(env, "IMAGEN_WORKER_CONCURRENCY", 8, minimum=1),
+            prefetch=_int(env, "IMAGEN_WORKER_PREFETCH", 0, minimum=0),
             poll_interval=_float(env, "IMAGEN_POLL_INTERVAL", 5.0, minimum=0.05),
             lease_seconds=_float(env, "IMAGEN_LEASE_SECONDS", 30.0, minimum=1.0),
             job_timeout=_float(env, "IMAGEN_JOB_TIMEOUT", 300.0, minimum=0.1),

@@ -38,6 +38,7 @@ class Job:
     prompt: str
     spec: dict[str, Any]
     priority: int
+    run_at: datetime
     attempts: int
     max_attempts: int
     created_at: datetime

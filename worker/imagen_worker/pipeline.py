@@ -72,6 +72,9 @@ class ImagePipeline:
         except asyncio.CancelledError:
             await asyncio.shield(provider.cancel(ctx))
             raise
+        if result.usage:
+            # Usage per provider/model (tokens, images, credits) joins the job's audit trail.
+            await ctx.event("log", {"usage": result.usage})
         image = await asyncio.to_thread(process_image, result.image.data)
         key, thumb_key = object_keys(job.owner_user_id, job.id, image.extension)
         await self._put(key, image.data, image.content_type)
@@ -93,6 +96,11 @@ class ImagePipeline:
             # The provider's own figure, else the price table, else the provider's declared price.
             cost_usd=next((c for c in (result.cost_usd, list_usd, caps.price_usd) if c is not None), None),
         )
+
+    async def aclose(self) -> None:
+        """Close provider and storage clients (the worker calls this when it stops)."""
+        await self.providers.aclose()
+        await self.storage.aclose()
 
     async def _put(self, key: str, data: bytes, content_type: str) -> None:
         async for attempt in AsyncRetrying(

@@ -31,6 +31,14 @@ log = logging.getLogger("imagen.worker")
 # Claims in flight at once: two let one claim's round trip overlap another's, and both with the
 # completions, so Postgres can use more than one core for a single worker.
 MAX_CLAIMS_IN_FLIGHT = 2
+# The worker's sessions plan for a queue. Without fresh statistics (a bulk insert that autovacuum
+# has not analyzed yet) the planner turns the claim into a bitmap scan of the whole backlog plus a
+# sort, so every claim costs O(backlog); with bitmap scans off it walks jobs_pending_idx in order
+# and stops after n rows. Measured: 3.1k -> 4.8k jobs/s on an unanalyzed 5,000-job backlog.
+QUEUE_SESSION_SETTINGS = {"enable_bitmapscan": "off"}
+# Finished jobs written per statement, and how long the flusher leaves them for a claim to carry.
+MAX_COMPLETIONS = 500
+FLUSH_DEFER_SECONDS = 0.05
 
 # What a lost or restarting database raises; the runtime waits and reconnects on these.
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
@@ -81,6 +89,9 @@ class WorkerConfig:
     scope: str = "all"
     owner_user_id: uuid.UUID | None = None
     poll_only: bool = False
+    # Jobs claimed ahead of a free slot, waiting in this worker (leased). 0 suits a shared pool of
+    # slow jobs (nothing is hoarded); a few help a worker of many short jobs keep its slots full.
+    prefetch: int = 0
     retry_base_seconds: float = 2.0
     retry_cap_seconds: float = 300.0
     reconnect_cap_seconds: float = 1.0
@@ -93,6 +104,8 @@ class WorkerConfig:
             raise ValueError("scope 'owner' needs owner_user_id (the user whose jobs this worker runs)")
         if self.concurrency < 1:
             raise ValueError("concurrency must be at least 1")
+        if self.prefetch < 0:
+            raise ValueError("prefetch must be 0 or more")
 
 
 class JobContext:
@@ -173,9 +186,11 @@ class Worker:
         self._idle_until: tuple[int, float] | None = None
         self._reserved = 0
         self._claims: set[asyncio.Task[None]] = set()
-        self._claim_batch = max(1, -(-self.config.concurrency // MAX_CLAIMS_IN_FLIGHT))
+        self._capacity = self.config.concurrency + self.config.prefetch
+        self._claim_batch = max(1, -(-self._capacity // MAX_CLAIMS_IN_FLIGHT))
         self._stopping = asyncio.Event()
         self._running: dict[uuid.UUID, _Running] = {}
+        self._ready: dict[uuid.UUID, Job] = {}  # prefetched: claimed, waiting for a slot (insertion order)
         self._completions: list[tuple[Job, JobResult]] = []
         self._flush_wanted = asyncio.Event()
         self._flush_idle = asyncio.Event()
@@ -229,7 +244,14 @@ class Worker:
 
         size = min(self.config.concurrency, 8) + 2
         self._pool = await self._retrying(
-            lambda: asyncpg.create_pool(self.dsn, min_size=2, max_size=size, init=init_connection),
+            lambda: asyncpg.create_pool(
+                self.dsn,
+                min_size=2,
+                max_size=size,
+                init=init_connection,
+                reset=_keep_session,
+                server_settings=QUEUE_SESSION_SETTINGS,
+            ),
             "connect",
         )
         log.info(
@@ -257,6 +279,8 @@ class Worker:
         grace = self.config.shutdown_grace
         if self._claims:
             await asyncio.wait(list(self._claims), timeout=10)
+        unstarted = list(self._ready)
+        self._ready.clear()
         if self._running:
             log.info("waiting up to %.0f s for %d in-flight jobs", grace, len(self._running))
             tasks = [r.task for r in self._running.values()]
@@ -267,8 +291,8 @@ class Worker:
         if leftover:
             await asyncio.wait([r.task for r in leftover], timeout=5)
         await self._flush_all()
-        if leftover:
-            ids = [r.job.id for r in leftover]
+        if leftover or unstarted:
+            ids = [r.job.id for r in leftover] + unstarted
             with contextlib.suppress(*CONNECTION_ERRORS):
                 released = await self.pool.fetch(q("release_jobs"), self.config.worker_id, ids)
                 self.stats["released"] += len(released)
@@ -281,6 +305,10 @@ class Worker:
                 await self._listener.close()
         if self._pool is not None:
             await self._pool.close()
+        closer = getattr(self.handler, "aclose", None)
+        if closer is not None:
+            with contextlib.suppress(Exception):
+                await closer()
         log.info("worker %s stopped: %s", self.config.worker_id, json.dumps(self.stats))
 
     # -- wake-up -------------------------------------------------------------------------------
@@ -332,6 +360,11 @@ class Worker:
         return self._event_waiters.setdefault((job_id, kind), asyncio.Event())
 
     def _abort(self, job_id: uuid.UUID, *, by_owner: bool) -> None:
+        if self._ready.pop(job_id, None) is not None:
+            self.stats["cancelled" if by_owner else "released"] += 1
+            log.info("job=%s event=%s before it started", job_id, "cancelled" if by_owner else "lease_lost")
+            self._kick.set()
+            return
         running = self._running.get(job_id)
         if running is None or running.task.done():
             return
@@ -348,7 +381,7 @@ class Worker:
         slots, so claiming overlaps with running and completing; sleep when the queue is empty."""
         while not self._stopping.is_set():
             self._kick.clear()
-            free = self.config.concurrency - len(self._running) - self._reserved
+            free = self._capacity - len(self._running) - len(self._ready) - self._reserved
             empty = self._empty_gen == self._due_gen
             # With a claim already in flight, another is worth its round trip only for a full share
             # of the slots; otherwise slots freed one by one would each cost a claim statement.
@@ -370,9 +403,7 @@ class Worker:
 
     async def _claim(self, n: int, gen: int) -> None:
         try:
-            rows = await self.pool.fetch(
-                q("claim_jobs"), self.config.worker_id, n, self.config.lease_seconds, self._owner
-            )
+            rows = await self._cycle(n)
         except CONNECTION_ERRORS as exc:
             log.warning("claim failed (%s); retrying", type(exc).__name__)
             self._empty_gen = gen
@@ -383,14 +414,47 @@ class Worker:
             self._claims.discard(asyncio.current_task())
             self._reserved -= n
             self._kick.set()
-        now = time.perf_counter()
         for row in rows:
             job = Job.from_record(row)
-            task = asyncio.create_task(self._run_job(job), name=f"imagen-job-{job.id}")
-            self._running[job.id] = _Running(job, task, now)
+            if len(self._running) < self.config.concurrency:
+                self._start(job)
+            else:
+                self._ready[job.id] = job
         self.stats["claimed"] += len(rows)
         if len(rows) < n and gen == self._due_gen:
             self._empty_gen = gen
+
+    def _start(self, job: Job) -> None:
+        task = asyncio.create_task(self._run_job(job), name=f"imagen-job-{job.id}")
+        self._running[job.id] = _Running(job, task, time.perf_counter())
+
+    async def _cycle(self, n: int) -> list[asyncpg.Record]:
+        """One claim_jobs statement: write the finished jobs waiting to be written, claim up to n.
+        On a connection error the finished jobs go back to wait for the next cycle."""
+        batch, self._completions = self._completions[:MAX_COMPLETIONS], self._completions[MAX_COMPLETIONS:]
+        ids = [job.id for job, _ in batch]
+        costs = [res.cost_usd for _, res in batch]
+        image_ids = [res.image.id if res.image else None for _, res in batch]
+        images = [_image_row(job, res.image) for job, res in batch if res.image is not None]
+        try:
+            rows = await self.pool.fetch(
+                q("claim_jobs"),
+                self.config.worker_id,
+                n,
+                self.config.lease_seconds,
+                self._owner,
+                ids,
+                costs,
+                image_ids,
+                images,
+            )
+        except BaseException:
+            self._completions[:0] = batch
+            raise
+        claimed = [r for r in rows if r["claimed"]]
+        if batch:
+            self._record_done(batch, {r["id"] for r in rows if not r["claimed"]})
+        return claimed
 
     async def _idle_timeout(self) -> float:
         """Seconds until the next pending job is due, or the poll interval, whichever is sooner
@@ -449,6 +513,9 @@ class Worker:
                 del self._event_waiters[key]
         if keep_lease and running is not None:
             self._awaiting_flush[job_id] = running.job
+        if self._ready and not self._stopping.is_set():
+            first = next(iter(self._ready))
+            self._start(self._ready.pop(first))
         self._kick.set()
 
     async def _fail(self, ctx: JobContext, exc: BaseException) -> None:
@@ -493,19 +560,17 @@ class Worker:
     # -- completing ----------------------------------------------------------------------------
 
     async def _flush_loop(self) -> None:
-        """Write finished jobs in batches: whatever accumulated while the previous write ran."""
+        """Write finished jobs no claim is about to carry: when the queue is empty, or after
+        FLUSH_DEFER_SECONDS, whatever accumulated (claim_jobs with n = 0)."""
         while True:
             await self._flush_wanted.wait()
             self._flush_wanted.clear()
             self._flush_idle.clear()
             try:
+                if self._empty_gen != self._due_gen and not self._stopping.is_set():
+                    await asyncio.sleep(FLUSH_DEFER_SECONDS)  # a claim will most likely carry them
                 while self._completions:
-                    batch, self._completions = self._completions[:500], self._completions[500:]
-                    try:
-                        await self._retrying(functools.partial(self._complete, batch), "complete")
-                    finally:
-                        for job, _ in batch:
-                            self._awaiting_flush.pop(job.id, None)
+                    await self._retrying(functools.partial(self._cycle, 0), "complete")
             finally:
                 self._flush_idle.set()
 
@@ -518,15 +583,12 @@ class Worker:
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._flush_idle.wait(), within)
 
-    async def _complete(self, batch: list[tuple[Job, JobResult]]) -> None:
-        ids = [job.id for job, _ in batch]
-        costs = [res.cost_usd for _, res in batch]
-        images = [_image_row(job, res.image) for job, res in batch if res.image is not None]
-        done = await self.pool.fetch(q("complete_jobs"), self.config.worker_id, ids, costs, images)
-        self.stats["done"] += len(done)
+    def _record_done(self, batch: list[tuple[Job, JobResult]], written: set[uuid.UUID]) -> None:
+        self.stats["done"] += len(written)
+        for job, _ in batch:
+            self._awaiting_flush.pop(job.id, None)
         if log.isEnabledFor(logging.INFO):
             now = time.time()
-            written = {r["id"] for r in done}
             for job, res in batch:
                 if job.id in written:
                     log.info(
@@ -544,7 +606,7 @@ class Worker:
         interval = max(0.2, self.config.lease_seconds / 3)
         while True:
             await asyncio.sleep(interval)
-            ids = list(self._running) + list(self._awaiting_flush)
+            ids = list(self._running) + list(self._ready) + list(self._awaiting_flush)
             if not ids:
                 continue
             try:
@@ -558,7 +620,7 @@ class Worker:
                 log.warning("heartbeat failed (%s)", type(exc).__name__)
                 continue
             for job_id in ids:
-                if job_id not in kept and job_id in self._running:
+                if job_id not in kept and (job_id in self._running or job_id in self._ready):
                     self._abort(job_id, by_owner=False)
 
     async def _maintenance_loop(self) -> None:
@@ -601,6 +663,13 @@ class Worker:
                 log.warning("%s: database unavailable (%s); retrying in %.2f s", what, type(exc).__name__, delay)
                 await asyncio.sleep(delay)
                 delay = min(self.config.reconnect_cap_seconds, delay * 2)
+
+
+async def _keep_session(_conn: asyncpg.Connection) -> None:
+    """The worker pool's release hook: skip asyncpg's default reset query (UNLISTEN *, RESET ALL, ...),
+    a round trip per query on the hot path. Nothing here leaves session state behind: no SET, no
+    LISTEN, no session advisory locks on pool connections (asyncpg still rolls back an open
+    transaction). Handlers using ctx.pool must keep it that way."""
 
 
 def _image_row(job: Job, image: ImageRecord) -> dict[str, Any]:

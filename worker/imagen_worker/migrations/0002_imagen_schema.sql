@@ -171,7 +171,7 @@ create table imagen.images (
   unique (bucket, path),
   unique (id, owner_user_id),
   -- A plain key, not (job_id, owner_user_id): a second unique index on jobs would be maintained on
-  -- every status change. The worker takes an image's owner from its job row (complete_jobs).
+  -- every status change. The worker takes an image's owner from its job row (claim_jobs).
   foreign key (job_id) references imagen.jobs (id) on delete set null
 );
 create index images_owner_recent_idx on imagen.images (owner_user_id, created_at desc);

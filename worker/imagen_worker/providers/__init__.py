@@ -63,6 +63,12 @@ class ProviderRegistry:
     def names(self) -> list[str]:
         return sorted(self._factories)
 
+    async def aclose(self) -> None:
+        """Close every provider instantiated so far."""
+        for provider in self._instances.values():
+            await provider.aclose()
+        self._instances.clear()
+
 
 __all__ = [
     "Capabilities",

@@ -117,3 +117,6 @@ class Provider(abc.ABC):
 
     async def cancel(self, ctx: JobContext) -> None:  # noqa: B027 - optional upstream cancel
         """Cancel the job upstream, where the provider can; the default has nothing to cancel."""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional: providers holding HTTP clients close them
+        """Release network clients; called once when the worker stops."""

@@ -2,25 +2,68 @@
 -- Job transitions write their job_events rows through the triggers of migration 0003.
 
 -- name: claim_jobs
--- $1 worker id, $2 how many, $3 lease seconds, $4 owner (null: any owner).
--- One statement: pick pending jobs in (priority, run_at) order, skipping rows other workers hold.
-update imagen.jobs j
-   set status = 'running',
-       locked_by = $1,
-       lease_expires_at = now() + make_interval(secs => $3),
-       attempts = j.attempts + 1,
-       started_at = now()
- where j.id in (
-         select p.id
-           from imagen.jobs p
-          where p.status = 'pending'
-            and p.run_at <= now()
-            and ($4::uuid is null or p.owner_user_id = $4::uuid)
-          order by p.priority, p.run_at
-          for update skip locked
-          limit $2)
-returning j.id, j.owner_user_id, j.canvas_id, j.node_id, j.provider, j.model, j.prompt, j.spec,
-          j.priority, j.attempts, j.max_attempts, j.created_at, j.provider_job_id
+-- One statement per cycle: write this worker's finished jobs as done (with their images rows),
+-- then claim up to n pending jobs. Finished jobs ride on the next claim, so a busy worker commits
+-- once per cycle rather than twice; the flusher sends n = 0 when no claim is coming.
+-- $1 worker id, $2 how many to claim, $3 lease seconds, $4 owner (null: any owner),
+-- $5 finished job ids, $6 their costs (null where unknown), $7 their image ids (null: none),
+-- $8 jsonb images rows (one per job at most; owner taken from the job).
+-- Finished jobs this worker no longer holds (cancelled, reaped) are skipped, and so are their
+-- images. Claims pick pending jobs in (priority, run_at) order, skipping rows others hold.
+-- Returns the claimed jobs (claimed = true) and the ids written as done (claimed = false).
+with done as (
+  update imagen.jobs j
+     set status = 'done',
+         completed_at = now(),
+         lease_expires_at = null,
+         error = null,
+         cost_usd = r.cost_usd,
+         image_id = r.image_id
+    from unnest($5::uuid[], $6::numeric[], $7::uuid[]) as r(id, cost_usd, image_id)
+   where j.id = r.id
+     and j.status = 'running'
+     and j.locked_by = $1
+  returning j.id, j.owner_user_id
+),
+-- The images of the jobs just written (the foreign key from jobs.image_id is checked at the end
+-- of the statement, when these rows exist).
+img as (
+  insert into imagen.images (id, owner_user_id, job_id, bucket, path, thumb_path, content_type,
+                             width, height, bytes, sha256, provider, model, seed)
+  select i.id, d.owner_user_id, i.job_id, i.bucket, i.path, i.thumb_path, i.content_type,
+         i.width, i.height, i.bytes, i.sha256, i.provider, i.model, i.seed
+    from jsonb_to_recordset($8::jsonb) as i(id uuid, job_id uuid, bucket text, path text,
+                                            thumb_path text, content_type text, width integer,
+                                            height integer, bytes bigint, sha256 text,
+                                            provider text, model text, seed bigint)
+    join done d on d.id = i.job_id
+),
+claimed as (
+  update imagen.jobs j
+     set status = 'running',
+         locked_by = $1,
+         lease_expires_at = now() + make_interval(secs => $3),
+         attempts = j.attempts + 1,
+         started_at = now()
+   where j.id in (
+           select p.id
+             from imagen.jobs p
+            where p.status = 'pending'
+              and p.run_at <= now()
+              and ($4::uuid is null or p.owner_user_id = $4::uuid)
+            order by p.priority, p.run_at
+            for update skip locked
+            limit $2)
+  returning j.id, j.owner_user_id, j.canvas_id, j.node_id, j.provider, j.model, j.prompt, j.spec,
+            j.priority, j.run_at, j.attempts, j.max_attempts, j.created_at, j.provider_job_id
+)
+-- UPDATE ... RETURNING has no order: sort, so a prefetching worker starts jobs in claim order.
+select *
+  from (select true as claimed, c.* from claimed c
+        union all
+        select false, d.id, null, null, null, null, null, null, null, null, null, null, null, null, null
+          from done d) r
+ order by r.claimed desc, r.priority, r.run_at
 
 -- name: next_run_at
 -- When the earliest pending job becomes due (null: none pending). $1 owner or null.
@@ -67,43 +110,6 @@ update imagen.jobs j
   from expired e
  where j.id = e.id
 returning j.id, j.status, j.attempts, j.max_attempts
-
--- name: complete_jobs
--- Mark this worker's finished jobs done, with their images rows, in one statement.
--- $1 worker id; $2 job ids; $3 their costs (null where unknown); $4 jsonb images rows (one per
--- job at most; owner taken from the job). Jobs this worker no longer holds (cancelled, reaped)
--- are skipped, and so are their images.
-with held as (
-  select j.id, j.owner_user_id, r.cost_usd
-    from unnest($2::uuid[], $3::numeric[]) as r(id, cost_usd)
-    join imagen.jobs j on j.id = r.id
-   where j.status = 'running'
-     and j.locked_by = $1
-     for update of j
-),
-img as (
-  insert into imagen.images (id, owner_user_id, job_id, bucket, path, thumb_path, content_type,
-                             width, height, bytes, sha256, provider, model, seed)
-  select i.id, h.owner_user_id, i.job_id, i.bucket, i.path, i.thumb_path, i.content_type,
-         i.width, i.height, i.bytes, i.sha256, i.provider, i.model, i.seed
-    from jsonb_to_recordset($4::jsonb) as i(id uuid, job_id uuid, bucket text, path text,
-                                            thumb_path text, content_type text, width integer,
-                                            height integer, bytes bigint, sha256 text,
-                                            provider text, model text, seed bigint)
-    join held h on h.id = i.job_id
-  returning id, job_id
-)
-update imagen.jobs j
-   set status = 'done',
-       completed_at = now(),
-       lease_expires_at = null,
-       error = null,
-       cost_usd = h.cost_usd,
-       image_id = img.id
-  from held h
-  left join img on img.job_id = h.id
- where j.id = h.id
-returning j.id
 
 -- name: fail_job
 -- A handler error: back to pending with run_at pushed out ($4 retryable, $5 delay seconds) while

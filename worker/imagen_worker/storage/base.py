@@ -31,6 +31,9 @@ class Storage(abc.ABC):
     async def delete(self, path: str) -> None:
         """Remove `path` if present."""
 
+    async def aclose(self) -> None:  # noqa: B027 - optional: backends holding HTTP clients close them
+        """Release network clients; called once when the worker stops."""
+
     @abc.abstractmethod
     async def url(self, path: str, *, expires_in: int = 3600) -> str:
         """A URL a browser can fetch: public, or signed to expire after `expires_in` seconds."""

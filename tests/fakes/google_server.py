@@ -1,0 +1,332 @@
+"""A fake Google generative AI endpoint (aiohttp): Vertex AI Imagen `:predict`, and `:generateContent` for
+Gemini image models both on Vertex AI and on the Gemini API (API key), for the real `google-genai` SDK.
+
+Routes (any API version prefix, as the SDK picks `v1beta1` for Vertex and `v1` for the Gemini API):
+
+- `POST /{v}/projects/{project}/locations/{location}/publishers/google/models/{model}:predict`
+- `POST /{v}/projects/{project}/locations/{location}/publishers/google/models/{model}:generateContent`
+- `POST /{v}/models/{model}:generateContent` with `x-goog-api-key`
+
+Vertex calls need `Authorization: Bearer <token>` (401 `UNAUTHENTICATED` otherwise); Gemini API calls need
+the key (400 `API_KEY_INVALID` otherwise), as Google answers. Errors use Google's JSON error shape
+`{"error": {"code", "message", "status", "details"}}`; images are real PNGs of the size the aspect ratio
+implies, base64 in `bytesBase64Encoded` (Imagen) or `inlineData.data` (Gemini).
+
+Faults are scripted by `plan`, a function from the 0-based index of an API request to a fault name:
+
+- `rate_limit`: 429 `RESOURCE_EXHAUSTED` with `Retry-After` and a `google.rpc.RetryInfo` detail
+- `server_error`: 500 `INTERNAL`; `unavailable`: 503 `UNAVAILABLE` ("The model is overloaded")
+- `content_policy`: Imagen's 400 `INVALID_ARGUMENT` refusal ("... violate Google's Responsible AI practices")
+- `rai_filtered`: Imagen's 200 answer whose only prediction is a `raiFilteredReason`
+- `prompt_blocked`: Gemini's 200 answer with `promptFeedback.blockReason` and no candidates
+- `image_safety`: Gemini's 200 answer whose candidate finished with `IMAGE_SAFETY` and no image
+- `echo_key`: 400 whose message repeats the caller's API key in full, as a misbehaving proxy might
+- `slow`: a normal answer after `slow_seconds`, to run into the client's timeout
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import io
+import re
+import secrets
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from PIL import Image, ImageDraw
+
+IMAGEN_SIZES = {"1:1": (1024, 1024), "3:4": (896, 1280), "4:3": (1280, 896), "9:16": (768, 1408), "16:9": (1408, 768)}
+GEMINI_SIZES = {
+    "1:1": (1024, 1024),
+    "2:3": (832, 1248),
+    "3:2": (1248, 832),
+    "3:4": (864, 1184),
+    "4:3": (1184, 864),
+    "4:5": (896, 1152),
+    "5:4": (1152, 896),
+    "9:16": (768, 1344),
+    "16:9": (1344, 768),
+    "21:9": (1536, 672),
+}
+RAI_REFUSAL = (
+    "Image generation failed with the following error: The prompt could not be submitted. This prompt contains "
+    "sensitive words that violate Google's Responsible AI practices. Try rephrasing the prompt. If you think this "
+    "was an error, send feedback. Support codes: 42876398"
+)
+RAI_FILTERED = (
+    "Unable to show generated images. All images were filtered out because they violated Vertex AI's usage "
+    "guidelines. You will not be charged for blocked images. Try rephrasing the prompt. If you think this was an "
+    "error, send feedback. Support codes: 56562880"
+)
+
+_VERTEX = re.compile(
+    r"^/[^/]+/projects/([^/]+)/locations/([^/]+)/publishers/google/models/([^/:]+):(predict|generateContent)$"
+)
+_GEMINI_API = re.compile(r"^/[^/]+/models/([^/:]+):(generateContent)$")
+
+Plan = Callable[[int], str | None]
+
+
+def make_png(width: int, height: int, text: str) -> bytes:
+    """A real PNG of the given size, coloured by `text` so different prompts differ."""
+    digest = hashlib.sha256(text.encode()).digest()
+    img = Image.new("RGB", (width, height), tuple(digest[:3]))
+    ImageDraw.Draw(img).ellipse((width // 4, height // 4, 3 * width // 4, 3 * height // 4), fill=tuple(digest[3:6]))
+    out = io.BytesIO()
+    img.save(out, format="PNG", compress_level=1)
+    return out.getvalue()
+
+
+def pick(message: dict[str, Any], name: str, default: Any = None) -> Any:
+    """A proto3 JSON field, which parsers accept by its lowerCamelCase or its original snake_case name."""
+    snake = re.sub(r"(?<!^)([A-Z])", r"_\1", name).lower()
+    return message.get(name, message.get(snake, default))
+
+
+def decode_bytes(text: str) -> bytes:
+    """A proto3 JSON `bytes` field: standard or URL-safe base64, padded or not (the SDK sends URL-safe)."""
+    text = text.replace("-", "+").replace("_", "/")
+    return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    method: str
+    path: str
+    headers: dict[str, str]
+    json: dict[str, Any]
+    mode: str  # "vertex" or "gemini_api"
+    model: str
+    method_name: str  # "predict" or "generateContent"
+
+
+def google_error(
+    code: int, status: str, message: str, details: list[dict[str, Any]] | None = None, **headers: str
+) -> web.Response:
+    error: dict[str, Any] = {"code": code, "message": message, "status": status}
+    if details:
+        error["details"] = details
+    return web.json_response({"error": error}, status=code, headers=headers)
+
+
+class FakeGoogle:
+    """The fake server. `start()` returns the base URL to give the SDK (`http_options.base_url`)."""
+
+    def __init__(
+        self,
+        *,
+        api_key: str = "fake-gemini-api-key-0123456789",
+        access_token: str = "fake-vertex-access-token",
+        retry_after: int = 1,
+    ) -> None:
+        self.api_key = api_key
+        self.access_token = access_token
+        self.retry_after = retry_after
+        self.slow_seconds = 1.5
+        self.plan: Plan = lambda _index: None
+        self.requests: list[RecordedRequest] = []
+        self.faults: Counter[str] = Counter()
+        self._runner: web.AppRunner | None = None
+        self.base_url = ""
+
+    async def start(self) -> str:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_post("/{tail:.*}", self._route)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = self._runner.addresses[0][1]
+        self.base_url = f"http://127.0.0.1:{port}/"
+        return self.base_url
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> FakeGoogle:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # -- routing and auth -----------------------------------------------------------------------
+
+    async def _route(self, request: web.Request) -> web.Response:
+        path = request.path
+        if m := _VERTEX.match(path):
+            mode, model, method_name = "vertex", m.group(3), m.group(4)
+        elif m := _GEMINI_API.match(path):
+            mode, model, method_name = "gemini_api", m.group(1), m.group(2)
+        else:
+            return google_error(404, "NOT_FOUND", f"Method not found: {path}")
+        try:
+            body = await request.json()
+        except ValueError:
+            return google_error(400, "INVALID_ARGUMENT", "Invalid JSON payload received.")
+        index = len(self.requests)
+        self.requests.append(
+            RecordedRequest(request.method, path, dict(request.headers), body, mode, model, method_name)
+        )
+        if mode == "vertex" and request.headers.get("Authorization") != f"Bearer {self.access_token}":
+            return google_error(
+                401,
+                "UNAUTHENTICATED",
+                "Request had invalid authentication credentials. Expected OAuth 2 access token, login cookie or other "
+                "valid authentication credential. See https://developers.google.com/identity/sign-in/web/devconsole-project.",
+            )
+        if mode == "gemini_api" and request.headers.get("x-goog-api-key") != self.api_key:
+            return google_error(
+                400,
+                "INVALID_ARGUMENT",
+                "API key not valid. Please pass a valid API key.",
+                [
+                    {
+                        "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                        "reason": "API_KEY_INVALID",
+                        "domain": "googleapis.com",
+                        "metadata": {"service": "generativelanguage.googleapis.com"},
+                    }
+                ],
+            )
+        fault = self.plan(index)
+        if fault == "slow":
+            self.faults[fault] += 1
+            await asyncio.sleep(self.slow_seconds)
+        elif fault is not None:
+            self.faults[fault] += 1
+            return self._fault(fault, mode, model)
+        if method_name == "predict":
+            return await self._predict(model, body)
+        return await self._generate_content(model, body)
+
+    def _fault(self, fault: str, mode: str, model: str) -> web.Response:
+        if fault == "rate_limit":
+            if mode == "vertex":
+                message = (
+                    f"Quota exceeded for aiplatform.googleapis.com/online_prediction_requests_per_base_model with base "
+                    f"model: {model}. Please submit a quota increase request. https://cloud.google.com/vertex-ai/docs/generative-ai/quotas-genai."
+                )
+            else:
+                message = (
+                    "You exceeded your current quota, please check your plan and billing details. For more information "
+                    "on this error, head to: https://ai.google.dev/gemini-api/docs/rate-limits."
+                )
+            details = [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": f"{self.retry_after}s"}]
+            return google_error(429, "RESOURCE_EXHAUSTED", message, details, **{"Retry-After": str(self.retry_after)})
+        if fault == "server_error":
+            return google_error(500, "INTERNAL", "Internal error encountered.")
+        if fault == "unavailable":
+            return google_error(503, "UNAVAILABLE", "The model is overloaded. Please try again later.")
+        if fault == "content_policy":
+            return google_error(400, "INVALID_ARGUMENT", RAI_REFUSAL)
+        if fault == "rai_filtered":
+            return web.json_response({"predictions": [{"raiFilteredReason": RAI_FILTERED}]})
+        if fault == "prompt_blocked":
+            return web.json_response(
+                {
+                    "promptFeedback": {"blockReason": "PROHIBITED_CONTENT"},
+                    "usageMetadata": {"promptTokenCount": 9, "totalTokenCount": 9},
+                    "modelVersion": model,
+                    "responseId": secrets.token_urlsafe(12),
+                }
+            )
+        if fault == "image_safety":
+            return web.json_response(
+                {
+                    "candidates": [
+                        {
+                            "content": {"role": "model"},
+                            "finishReason": "IMAGE_SAFETY",
+                            "finishMessage": "Unable to show the generated image. The image was filtered out because it violated Google's Generative AI Prohibited Use policy.",
+                            "index": 0,
+                        }
+                    ],
+                    "usageMetadata": {"promptTokenCount": 9, "totalTokenCount": 9},
+                    "modelVersion": model,
+                    "responseId": secrets.token_urlsafe(12),
+                }
+            )
+        if fault == "echo_key":
+            return google_error(
+                400, "INVALID_ARGUMENT", f"API key not valid: {self.api_key}. Please pass a valid API key."
+            )
+        raise AssertionError(f"unknown fault {fault!r}")
+
+    # -- Imagen ---------------------------------------------------------------------------------
+
+    async def _predict(self, model: str, body: dict[str, Any]) -> web.Response:
+        if not model.startswith("imagen-"):
+            return google_error(400, "FAILED_PRECONDITION", f"Model {model} does not support predict.")
+        instances = body.get("instances") or [{}]
+        prompt = instances[0].get("prompt")
+        if not prompt:
+            return google_error(400, "INVALID_ARGUMENT", "Prompt is required.")
+        params = body.get("parameters") or {}
+        ratio = pick(params, "aspectRatio", "1:1")
+        if ratio not in IMAGEN_SIZES:
+            return google_error(
+                400, "INVALID_ARGUMENT", f"Unsupported aspect ratio: {ratio}. Supported: 1:1, 3:4, 4:3, 9:16, 16:9."
+            )
+        if pick(params, "seed") is not None and pick(params, "addWatermark", True):
+            return google_error(400, "INVALID_ARGUMENT", "Seed is not supported when watermark is enabled.")
+        width, height = IMAGEN_SIZES[ratio]
+        if pick(params, "sampleImageSize") == "2K":
+            width, height = width * 2, height * 2
+        count = int(pick(params, "sampleCount", 1))
+        predictions = []
+        for i in range(count):
+            data = await asyncio.to_thread(make_png, width, height, f"{model}:{prompt}:{pick(params, 'seed')}:{i}")
+            predictions.append({"mimeType": "image/png", "bytesBase64Encoded": base64.b64encode(data).decode()})
+        return web.json_response({"predictions": predictions})
+
+    # -- Gemini ---------------------------------------------------------------------------------
+
+    async def _generate_content(self, model: str, body: dict[str, Any]) -> web.Response:
+        texts: list[str] = []
+        images: list[bytes] = []
+        for content in body.get("contents", []):
+            for part in content.get("parts", []):
+                if "text" in part:
+                    texts.append(part["text"])
+                elif pick(part, "inlineData") is not None:
+                    images.append(decode_bytes(pick(part, "inlineData")["data"]))
+        if not texts:
+            return google_error(
+                400, "INVALID_ARGUMENT", "* GenerateContentRequest.contents: contents is not specified\n"
+            )
+        config = pick(body, "generationConfig") or {}
+        modalities = [m.upper() for m in pick(config, "responseModalities", ["TEXT"])]
+        ratio = pick(pick(config, "imageConfig") or {}, "aspectRatio", "1:1")
+        if ratio not in GEMINI_SIZES:
+            return google_error(400, "INVALID_ARGUMENT", f"Unsupported aspect ratio: {ratio}")
+        parts: list[dict[str, Any]] = [{"text": "Here is the image you asked for."}]
+        out_tokens = 12
+        if "IMAGE" in modalities and model.startswith("gemini-") and "image" in model:
+            width, height = GEMINI_SIZES[ratio]
+            seed_text = (
+                f"{model}:{' '.join(texts)}:{pick(config, 'seed')}:{hashlib.sha256(b''.join(images)).hexdigest()}"
+            )
+            data = await asyncio.to_thread(make_png, width, height, seed_text)
+            parts.append({"inlineData": {"mimeType": "image/png", "data": base64.b64encode(data).decode()}})
+            out_tokens += 1290
+        prompt_tokens = sum(len(t.split()) for t in texts) + 258 * len(images)
+        return web.json_response(
+            {
+                "candidates": [{"content": {"parts": parts, "role": "model"}, "finishReason": "STOP", "index": 0}],
+                "usageMetadata": {
+                    "promptTokenCount": prompt_tokens,
+                    "candidatesTokenCount": out_tokens,
+                    "totalTokenCount": prompt_tokens + out_tokens,
+                },
+                "modelVersion": model,
+                "responseId": secrets.token_urlsafe(12),
+            }
+        )
