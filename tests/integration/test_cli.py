@@ -95,6 +95,7 @@ def test_worker_help_lists_every_documented_flag() -> None:
     for flag in (
         "--database-url",
         "--concurrency",
+        "--prefetch",
         "--poll-interval",
         "--lease-seconds",
         "--job-timeout",
