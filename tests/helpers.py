@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import io
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import asyncpg
+from PIL import Image
 
 from imagen_worker.pipeline import ImagePipeline
 from imagen_worker.providers import Provider, ProviderRegistry
@@ -56,3 +60,39 @@ def local_pipeline(store_dir: Path, providers: dict[str, Callable[[], Provider]]
     """The real pipeline on a local store in `store_dir`, with `local` plus any given providers."""
     storage = LocalStorage(store_dir, signing_key=b"test-signing-key-0123456789")
     return ImagePipeline(storage, ProviderRegistry({"local": LocalProvider, **(providers or {})}))
+
+
+async def stored_image(db: asyncpg.Connection, store: Path, job_id: uuid.UUID, size: tuple[int, int]) -> asyncpg.Record:
+    """The job's images row, after checking it against the bytes in the local store at `store`
+    (size, sha256, length), that the job points at it, and that its WebP thumbnail exists."""
+    row = await db.fetchrow("select * from imagen.images where job_id = $1", job_id)
+    assert row is not None, "no images row"
+    assert await db.fetchval("select image_id from imagen.jobs where id = $1", job_id) == row["id"]
+    data = (store / row["bucket"] / row["path"]).read_bytes()
+    assert hashlib.sha256(data).hexdigest() == row["sha256"]
+    assert len(data) == row["bytes"]
+    with Image.open(io.BytesIO(data)) as img:
+        assert img.size == size == (row["width"], row["height"])
+    with Image.open(store / row["bucket"] / row["thumb_path"]) as thumb:
+        assert thumb.format == "WEBP"
+        assert max(thumb.size) <= 256
+    return row
+
+
+async def one(db: asyncpg.Connection, query: str, *args: Any) -> asyncpg.Record:
+    row = await db.fetchrow(query, *args)
+    assert row is not None, f"no row for {query!r}"
+    return row
+
+
+async def wait_for_failure(db: asyncpg.Connection, job_id: uuid.UUID, timeout: float = 15) -> asyncpg.Record:
+    """The job row once a failed attempt has been recorded (status pending again, or failed)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        row = await db.fetchrow(
+            "select *, extract(epoch from run_at - now()) as due_in from imagen.jobs where id = $1", job_id
+        )
+        if row is not None and row["error"] is not None and row["status"] in ("pending", "failed"):
+            return row
+        await asyncio.sleep(0.05)
+    raise TimeoutError(f"job {job_id} recorded no failure in {timeout} s")

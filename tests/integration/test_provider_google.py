@@ -3,9 +3,7 @@ INSERT to `done` through the real `google-genai` SDK against a local fake, on re
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import io
 import json
 import time
 import uuid
@@ -18,7 +16,6 @@ import asyncpg
 import google.oauth2.credentials
 import pytest
 import pytest_asyncio
-from PIL import Image
 
 from imagen_worker.jobs import submit_job
 from imagen_worker.providers.google import GoogleProvider
@@ -26,7 +23,7 @@ from imagen_worker.queue import WorkerConfig
 from imagen_worker.spec import ImagePromptSpec
 
 from ..fakes.google_server import RAI_FILTERED, RAI_REFUSAL, FakeGoogle, decode_bytes, pick
-from ..helpers import local_pipeline, running_worker, wait_for_status
+from ..helpers import local_pipeline, one, running_worker, stored_image, wait_for_failure, wait_for_status
 
 pytestmark = [
     pytest.mark.asyncio,
@@ -98,39 +95,9 @@ async def submit(db: asyncpg.Connection, model: str, **spec: Any) -> uuid.UUID:
 async def assert_stored(
     db: asyncpg.Connection, store: Path, job_id: uuid.UUID, size: tuple[int, int]
 ) -> asyncpg.Record:
-    """The job's images row matches the bytes in the store (size, sha256), and its thumbnail exists."""
-    row = await db.fetchrow("select * from imagen.images where job_id = $1", job_id)
-    assert row is not None, "no images row"
-    assert await db.fetchval("select image_id from imagen.jobs where id = $1", job_id) == row["id"]
-    data = (store / row["bucket"] / row["path"]).read_bytes()
-    assert hashlib.sha256(data).hexdigest() == row["sha256"]
-    assert len(data) == row["bytes"]
-    with Image.open(io.BytesIO(data)) as img:
-        assert img.size == size == (row["width"], row["height"])
-    with Image.open(store / row["bucket"] / row["thumb_path"]) as thumb:
-        assert thumb.format == "WEBP"
-        assert max(thumb.size) <= 256
+    row = await stored_image(db, store, job_id, size)
     assert (row["provider"], row["content_type"], row["owner_user_id"]) == ("google", "image/png", OWNER)
     return row
-
-
-async def one(db: asyncpg.Connection, query: str, *args: Any) -> asyncpg.Record:
-    row = await db.fetchrow(query, *args)
-    assert row is not None, f"no row for {query!r}"
-    return row
-
-
-async def wait_for_failure(db: asyncpg.Connection, job_id: uuid.UUID, timeout: float = 15) -> asyncpg.Record:
-    """The job row once a failed attempt has been recorded (status pending again, or failed)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        row = await db.fetchrow(
-            "select *, extract(epoch from run_at - now()) as due_in from imagen.jobs where id = $1", job_id
-        )
-        if row is not None and row["error"] is not None and row["status"] in ("pending", "failed"):
-            return row
-        await asyncio.sleep(0.05)
-    raise TimeoutError(f"job {job_id} recorded no failure in {timeout} s")
 
 
 async def test_imagen_job_on_vertex_ai_runs_from_insert_to_done_and_lands_in_the_store(

@@ -441,3 +441,12 @@ async def test_shutdown_releases_prefetched_jobs_that_never_started(db: asyncpg.
     )
     assert [r["status"] for r in rows] == ["done", "pending", "pending"]
     assert [r["attempts"] for r in rows] == [1, 0, 0]
+
+
+async def test_worker_sessions_plan_for_a_queue(db_url: str) -> None:
+    async with running_worker(db_url, recording_handler([])) as worker:
+        await asyncio.sleep(0.2)
+        settings = await worker.pool.fetchrow(
+            "select current_setting('enable_bitmapscan') as b, current_setting('plan_cache_mode') as p"
+        )
+    assert (settings["b"], settings["p"]) == ("off", "force_generic_plan")
