@@ -450,3 +450,24 @@ async def test_worker_sessions_plan_for_a_queue(db_url: str) -> None:
             "select current_setting('enable_bitmapscan') as b, current_setting('plan_cache_mode') as p"
         )
     assert (settings["b"], settings["p"]) == ("off", "force_generic_plan")
+
+
+async def test_a_result_the_database_refuses_fails_that_job_and_the_worker_goes_on(
+    db: asyncpg.Connection, db_url: str
+) -> None:
+    from imagen_worker.queue import ImageRecord
+
+    async def handler(ctx: JobContext) -> JobResult:
+        if ctx.job.prompt == "bad":
+            # width 0 violates imagen.images' CHECK: the write of this result is refused.
+            return JobResult(image=ImageRecord("images", f"x/{ctx.job.id}.png", "image/png", 0, 8, 10, "0" * 64))
+        return JobResult()
+
+    bad = await sql_insert(db, "bad")
+    async with running_worker(db_url, handler, WorkerConfig(concurrency=1)):
+        await wait_for_status(db, [bad], ["failed"], timeout=10)
+        good = await sql_insert(db, "good")
+        await wait_for_status(db, [good], ["done"], timeout=10)
+    error = await db.fetchval("select error from imagen.jobs where id = $1", bad)
+    assert error.startswith("the database refused the job's result:") and "images_width_check" in error
+    assert await db.fetchval("select count(*) from imagen.images") == 0

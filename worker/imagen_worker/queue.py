@@ -450,6 +450,14 @@ class Worker:
                 image_ids,
                 images,
             )
+        except asyncpg.PostgresError as exc:
+            if not batch or isinstance(exc, CONNECTION_ERRORS):
+                self._completions[:0] = batch
+                raise
+            # A result the database refuses (a constraint, a bug) must not block every later claim:
+            # fail those jobs with the reason, and go on.
+            await self._refuse_results(batch, exc)
+            return []
         except BaseException:
             self._completions[:0] = batch
             raise
@@ -584,6 +592,15 @@ class Worker:
         self._flush_wanted.set()
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._flush_idle.wait(), within)
+
+    async def _refuse_results(self, batch: list[tuple[Job, JobResult]], exc: asyncpg.PostgresError) -> None:
+        message = f"the database refused the job's result: {caller_message(exc)}"
+        log.error("could not write %d finished jobs (%s); failing them", len(batch), exc)
+        for job, _ in batch:
+            self._awaiting_flush.pop(job.id, None)
+            with contextlib.suppress(*CONNECTION_ERRORS):
+                await self.pool.fetchrow(q("fail_job"), self.config.worker_id, job.id, message[:1000], False, 0.0)
+            self.stats["failed"] += 1
 
     def _record_done(self, batch: list[tuple[Job, JobResult]], written: set[uuid.UUID]) -> None:
         self.stats["done"] += len(written)
