@@ -80,7 +80,10 @@ async def main() -> None:
         import asyncpg
 
         conn = await asyncpg.connect(args.db)
-        await conn.execute(RECORD_TABLE)
+        # Several worker processes start at once, and CREATE TABLE IF NOT EXISTS races with itself.
+        async with conn.transaction():
+            await conn.execute("select pg_advisory_xact_lock(4242)")
+            await conn.execute(RECORD_TABLE)
         await conn.close()
         handler = record_handler(config.worker_id)
     else:
