@@ -72,6 +72,18 @@ def process_image(data: bytes, *, thumb_size: int = THUMB_SIZE) -> ProcessedImag
     )
 
 
+def guess_content_type(data: bytes, default: str) -> str:
+    """An image's content type from its first bytes, for upload headers; `process_image` does the
+    real check later. `default` when the bytes are none of PNG, JPEG, WebP."""
+    if data.startswith(b"\x89PNG"):
+        return "image/png"
+    if data.startswith(b"\xff\xd8"):
+        return "image/jpeg"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return default
+
+
 def make_thumbnail(data: bytes, size: int = THUMB_SIZE) -> bytes:
     with Image.open(io.BytesIO(data)) as img:
         img.draft("RGB", (size, size))  # JPEG: decode at reduced scale

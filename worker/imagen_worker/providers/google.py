@@ -18,6 +18,7 @@ from google.genai import errors as genai_errors
 from google.genai import types
 
 from ..errors import JobError, ProviderRejected, ProviderUnavailable, RateLimited, SpecError
+from ..images import guess_content_type
 from ..spec import ImagePromptSpec
 from .base import Capabilities, GeneratedImage, GenerationRequest, Provider, ProviderResult
 
@@ -221,7 +222,11 @@ class GoogleProvider(Provider):
             )
         parts = [types.Part.from_text(text=request.prompt)]
         if request.previous_image is not None:
-            parts.append(types.Part.from_bytes(data=request.previous_image, mime_type=_mime(request.previous_image)))
+            parts.append(
+                types.Part.from_bytes(
+                    data=request.previous_image, mime_type=guess_content_type(request.previous_image, "image/png")
+                )
+            )
         image_config = types.ImageConfig(aspect_ratio=_aspect_ratio(request, GEMINI_SIZES))
         if "person_generation" in spec.options:
             image_config.person_generation = str(spec.options["person_generation"]).upper()
@@ -431,13 +436,3 @@ def _details(exc: genai_errors.APIError) -> list[dict[str, Any]]:
     error = body.get("error", body)
     details = error.get("details") if isinstance(error, dict) else None
     return [d for d in details if isinstance(d, dict)] if isinstance(details, list) else []
-
-
-def _mime(data: bytes) -> str:
-    if data.startswith(b"\x89PNG"):
-        return "image/png"
-    if data.startswith(b"\xff\xd8"):
-        return "image/jpeg"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    return "image/png"

@@ -23,7 +23,7 @@ from ..errors import (
     RateLimited,
     SpecError,
 )
-from ..images import MAX_BYTES
+from ..images import MAX_BYTES, guess_content_type
 from ..spec import ImagePromptSpec
 from .base import Capabilities, GeneratedImage, GenerationRequest, Provider, ProviderResult
 
@@ -140,7 +140,7 @@ class OpenAIProvider(Provider):
                 image_file = (
                     f"previous.{_extension(request.previous_image)}",
                     request.previous_image,
-                    _mime(request.previous_image),
+                    guess_content_type(request.previous_image, "application/octet-stream"),
                 )
                 response = await client.images.edit(image=image_file, **params)
             else:
@@ -326,15 +326,7 @@ def _token_cost(usage: dict[str, Any]) -> Decimal | None:
     return (per_million / Decimal(1_000_000)).quantize(Decimal("0.000001"))
 
 
-def _mime(data: bytes) -> str:
-    if data.startswith(b"\x89PNG"):
-        return "image/png"
-    if data.startswith(b"\xff\xd8"):
-        return "image/jpeg"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    return "application/octet-stream"
-
-
 def _extension(data: bytes) -> str:
-    return {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}.get(_mime(data), "bin")
+    return {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}.get(
+        guess_content_type(data, "application/octet-stream"), "bin"
+    )
