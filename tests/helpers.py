@@ -37,6 +37,20 @@ async def running_worker(db_url: str, handler: Handler, config: WorkerConfig | N
         await asyncio.wait_for(task, 60)
 
 
+@asynccontextmanager
+async def provider_worker(
+    name: str, db_url: str, store: Path, provider: Provider, config: WorkerConfig | None = None
+) -> AsyncIterator[None]:
+    """A worker running the real pipeline with `provider` registered as `name`, on a local store in
+    `store`; the provider's clients are closed afterwards."""
+    pipeline = local_pipeline(store, {name: lambda: provider})
+    try:
+        async with running_worker(db_url, pipeline, config or WorkerConfig(concurrency=4, poll_interval=0.2)):
+            yield
+    finally:
+        await provider.aclose()
+
+
 async def wait_for_status(
     conn: asyncpg.Connection,
     job_ids: Sequence[uuid.UUID],

@@ -3,12 +3,12 @@ INSERT to `done` through the real `google-genai` SDK against a local fake, on re
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,13 @@ from imagen_worker.queue import WorkerConfig
 from imagen_worker.spec import ImagePromptSpec
 
 from ..fakes.google_server import RAI_FILTERED, RAI_REFUSAL, FakeGoogle, decode_bytes, pick
-from ..helpers import local_pipeline, one, running_worker, stored_image, wait_for_failure, wait_for_status
+from ..helpers import (
+    one,
+    provider_worker,
+    stored_image,
+    wait_for_failure,
+    wait_for_status,
+)
 
 pytestmark = [
     pytest.mark.asyncio,
@@ -75,17 +81,8 @@ def provider_for(fake: FakeGoogle, **kwargs: Any) -> GoogleProvider:
     return GoogleProvider(**settings)
 
 
-@asynccontextmanager
-async def google_worker(
-    db_url: str, store: Path, provider: GoogleProvider, config: WorkerConfig | None = None
-) -> AsyncIterator[None]:
-    """A worker running the real pipeline with `provider` as "google", on a local store in `store`."""
-    pipeline = local_pipeline(store, {"google": lambda: provider})
-    try:
-        async with running_worker(db_url, pipeline, config or WorkerConfig(concurrency=4, poll_interval=0.2)):
-            yield
-    finally:
-        await provider.aclose()
+# The real pipeline with the provider under test as "google".
+google_worker = functools.partial(provider_worker, "google")
 
 
 async def submit(db: asyncpg.Connection, model: str, **spec: Any) -> uuid.UUID:

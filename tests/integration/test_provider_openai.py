@@ -3,12 +3,12 @@ fake of the Images API, on real Postgres and a real local store."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,13 @@ from imagen_worker.queue import WorkerConfig
 from imagen_worker.spec import ImagePromptSpec
 
 from ..fakes.openai_server import CONTENT_POLICY_MESSAGE, FakeOpenAI
-from ..helpers import local_pipeline, one, running_worker, stored_image, wait_for_failure, wait_for_status
+from ..helpers import (
+    one,
+    provider_worker,
+    stored_image,
+    wait_for_failure,
+    wait_for_status,
+)
 
 pytestmark = pytest.mark.asyncio
 
@@ -36,17 +42,8 @@ async def fake() -> AsyncIterator[FakeOpenAI]:
         yield server
 
 
-@asynccontextmanager
-async def openai_worker(
-    db_url: str, store: Path, provider: OpenAIProvider, config: WorkerConfig | None = None
-) -> AsyncIterator[None]:
-    """A worker running the real pipeline with `provider` as "openai", on a local store in `store`."""
-    pipeline = local_pipeline(store, {"openai": lambda: provider})
-    try:
-        async with running_worker(db_url, pipeline, config or WorkerConfig(concurrency=4, poll_interval=0.2)):
-            yield
-    finally:
-        await provider.aclose()
+# The real pipeline with the provider under test as "openai".
+openai_worker = functools.partial(provider_worker, "openai")
 
 
 async def submit(db: asyncpg.Connection, model: str, **spec: Any) -> uuid.UUID:
