@@ -3,6 +3,7 @@
     .venv/bin/python bench/queue.py                 # ours: one JSON line
     .venv/bin/python bench/queue.py --with-peers    # + floor.py and the peers, same run, with ratios
     .venv/bin/python bench/queue.py --rss           # + peak RSS of an `imagen worker` with 1,000 jobs in flight
+    RUNS=4 .venv/bin/python bench/queue.py --latency-only   # pickup latency alone, for A/B comparisons
 
 Throughput: N (5000) no-op jobs bulk-inserted in one statement, then the clock starts just before
 the worker starts; `throughput_jobs_s` = N / time until the database shows every job done (checked
@@ -73,12 +74,13 @@ def quantiles(values: list[float]) -> dict[str, float]:
     return {"p50": round(q[49], 2), "p95": round(q[94], 2), "p99": round(q[98], 2), "max": round(max(values), 2)}
 
 
-async def bench_ours() -> dict[str, Any]:
+async def bench_ours(latency_only: bool = False) -> dict[str, Any]:
     dsn = await fresh_db("bench_imagen")
     db = await asyncpg.connect(dsn)
     await init_connection(db)
+    n = 0 if latency_only else N
     await db.execute(
-        "insert into imagen.jobs (owner_user_id, prompt) select $1, 'noop' from generate_series(1, $2)", OWNER, N
+        "insert into imagen.jobs (owner_user_id, prompt) select $1, 'noop' from generate_series(1, $2)", OWNER, n
     )  # one bulk INSERT
     done = 0
     all_done = asyncio.Event()
@@ -88,7 +90,7 @@ async def bench_ours() -> dict[str, Any]:
         nonlocal done
         if ctx.job.prompt == "noop":
             done += 1
-            if done == N:
+            if done == n:
                 all_done.set()
         else:
             started[int(ctx.job.prompt)] = now()
@@ -96,7 +98,8 @@ async def bench_ours() -> dict[str, Any]:
     worker = Worker(dsn, handler, WorkerConfig(concurrency=CONC, prefetch=PREFETCH))
     t_start = now()
     task = asyncio.create_task(worker.run())
-    await all_done.wait()
+    if n:
+        await all_done.wait()
     t_bodies = now()
     while await db.fetchval("select exists (select 1 from imagen.jobs where status in ('pending', 'running'))"):
         await asyncio.sleep(0.005)
@@ -120,6 +123,8 @@ async def bench_ours() -> dict[str, Any]:
     await task
     await producer.close()
     await db.close()
+    if latency_only:
+        return {"peer": "imagen-worker", "latency_ms": latency, "lat_n": LAT_N, "concurrency": CONC}
     return {
         "peer": "imagen-worker",
         "throughput_jobs_s": round(N / (t_acked - t_start), 1),
@@ -216,12 +221,19 @@ def main() -> None:
     parser.add_argument(
         "--rss", action="store_true", help="also measure the worker's peak RSS with 1,000 jobs in flight"
     )
+    parser.add_argument(
+        "--latency-only", action="store_true", help="only the pickup latency of ours (RUNS times; for A/B runs)"
+    )
     args = parser.parse_args()
     runs = int(os.environ.get("RUNS", 1))
     ours = []
     for _ in range(runs):
-        ours.append(asyncio.run(bench_ours()))
+        ours.append(asyncio.run(bench_ours(args.latency_only)))
         print(json.dumps(ours[-1]), flush=True)
+    if args.latency_only:
+        p50s = [o["latency_ms"]["p50"] for o in ours]
+        print(json.dumps({"summary": "pickup p50 over runs", "runs": runs, "median_p50_ms": statistics.median(p50s)}))
+        return
     if args.with_peers:
         peers, floor = run_peers()
         for p in peers:

@@ -471,3 +471,24 @@ async def test_a_result_the_database_refuses_fails_that_job_and_the_worker_goes_
     error = await db.fetchval("select error from imagen.jobs where id = $1", bad)
     assert error.startswith("the database refused the job's result:") and "images_width_check" in error
     assert await db.fetchval("select count(*) from imagen.images") == 0
+
+
+async def test_a_claim_carrying_no_result_commits_asynchronously_and_one_carrying_results_does_not(
+    db: asyncpg.Connection,
+) -> None:
+    """ADR 0005: a lost claim only returns its job to pending, so a claim alone may commit without
+    waiting for the WAL flush; a statement that writes a job `done` must wait for it."""
+    from imagen_worker.queries import q
+
+    first, second = await sql_insert(db, "a"), await sql_insert(db, "b")
+    assert await db.fetchval("show synchronous_commit") == "on"
+    async with db.transaction():
+        claimed = await db.fetch(q("claim_next"), "w1", 1, 30.0, None)
+        assert [r["id"] for r in claimed] == [first]
+        assert await db.fetchval("show synchronous_commit") == "off"
+    assert await db.fetchval("show synchronous_commit") == "on"  # for that transaction only
+    async with db.transaction():
+        rows = await db.fetch(q("claim_jobs"), "w1", 1, 30.0, None, [first], [None], [None], [])
+        assert {(r["id"], r["claimed"]) for r in rows} == {(first, False), (second, True)}
+        assert await db.fetchval("show synchronous_commit") == "on"
+    assert await db.fetchval("select status from imagen.jobs where id = $1", first) == "done"

@@ -138,6 +138,91 @@ async def test_status_update_notifies_imagen_job_events(db: asyncpg.Connection, 
         await listener.close()
 
 
+async def test_a_new_job_writes_no_event_and_is_announced_on_imagen_jobs_alone(
+    db: asyncpg.Connection, db_url: str
+) -> None:
+    owner = uuid.uuid4()
+    listener = await asyncpg.connect(db_url)
+    try:
+        jobs = await _collect(listener, "imagen_jobs")
+        events = await _collect(listener, "imagen_job_events")
+        job_id = await insert_job(db, owner)
+        assert await asyncio.wait_for(jobs.get(), 5) == str(job_id)
+        assert await db.fetchval("select count(*) from imagen.job_events where job_id = $1", job_id) == 0
+        # The first imagen_job_events notification is the first transition's, not the creation's.
+        await db.execute(
+            "update imagen.jobs set status = 'running', locked_by = 'w1', lease_expires_at = now() + interval '30 s' where id = $1",
+            job_id,
+        )
+        first = json.loads(await asyncio.wait_for(events.get(), 5))
+        assert [(e["job_id"], e["status"]) for e in first] == [(str(job_id), "running")]
+    finally:
+        await listener.close()
+
+
+async def test_a_job_back_in_the_queue_is_announced_on_imagen_jobs(db: asyncpg.Connection, db_url: str) -> None:
+    job_id = await insert_job(db, uuid.uuid4())
+    await db.execute(
+        "update imagen.jobs set status = 'running', locked_by = 'w1', lease_expires_at = now() + interval '30 s' where id = $1",
+        job_id,
+    )
+    listener = await asyncpg.connect(db_url)
+    try:
+        jobs = await _collect(listener, "imagen_jobs")
+        await db.execute(
+            "update imagen.jobs set status = 'pending', locked_by = null, lease_expires_at = null where id = $1", job_id
+        )
+        assert await asyncio.wait_for(jobs.get(), 5) == str(job_id)
+    finally:
+        await listener.close()
+
+
+async def test_imagen_job_signals_carries_running_cancellations_and_webhooks_only(
+    db: asyncpg.Connection, db_url: str
+) -> None:
+    """Workers listen on imagen_job_signals: a running job's cancellation and a webhook delivery for a
+    job reach them; claims, progress and a pending job's cancellation do not."""
+    owner = uuid.uuid4()
+    pending, running = await insert_job(db, owner), await insert_job(db, owner)
+    listener = await asyncpg.connect(db_url)
+    try:
+        signals = await _collect(listener, "imagen_job_signals")
+        events = await _collect(listener, "imagen_job_events")
+        await db.execute(
+            "update imagen.jobs set status = 'running', locked_by = 'w1', lease_expires_at = now() + interval '30 s' where id = $1",
+            running,
+        )
+        await db.execute(
+            "insert into imagen.job_events (job_id, owner_user_id, kind, payload) values ($1, $2, 'progress', $3)",
+            running,
+            owner,
+            {"progress": 0.5},
+        )
+        assert await db.fetchval("select imagen.cancel_job($1)", pending) == "cancelled"
+        assert await db.fetchval("select imagen.cancel_job($1)", running) == "cancelled"
+        webhook_id = await db.fetchval(
+            "insert into imagen.job_events (job_id, owner_user_id, kind, payload, delivery_id) values ($1, $2, 'webhook', '{}', 'msg_1') returning id",
+            running,
+            owner,
+        )
+        cancel = json.loads(await asyncio.wait_for(signals.get(), 5))
+        assert [(e["job_id"], e["kind"], e["status"]) for e in cancel] == [(str(running), "state", "cancelled")]
+        webhook = json.loads(await asyncio.wait_for(signals.get(), 5))
+        assert webhook == [{"event_id": webhook_id, "job_id": str(running), "owner_user_id": str(owner), "kind": "webhook"}]
+        # imagen_job_events still carries everything, in order: the claim, the progress, both cancels, the webhook.
+        seen = [json.loads(await asyncio.wait_for(events.get(), 5)) for _ in range(5)]
+        assert [(e[0]["kind"], e[0].get("status")) for e in seen] == [
+            ("state", "running"),
+            ("progress", None),
+            ("state", "cancelled"),
+            ("state", "cancelled"),
+            ("webhook", None),
+        ]
+        assert signals.empty()
+    finally:
+        await listener.close()
+
+
 async def test_a_batch_transition_is_announced_in_notifications_under_8000_bytes(
     db: asyncpg.Connection, db_url: str
 ) -> None:
@@ -176,15 +261,15 @@ async def test_every_transition_writes_a_job_event_in_the_same_transaction(db: a
         "select payload->>'status' as s, payload->>'previous_status' as p from imagen.job_events where job_id = $1 order by id",
         job_id,
     )
-    # Three transitions, and the lease renewal (no status change) wrote nothing.
-    assert [(r["s"], r["p"]) for r in statuses] == [("pending", None), ("running", "pending"), ("done", "running")]
+    # Two transitions; the creation (not a transition) and the lease renewal (no status change) wrote nothing.
+    assert [(r["s"], r["p"]) for r in statuses] == [("running", "pending"), ("done", "running")]
 
 
 async def test_failed_update_leaves_no_event(db: asyncpg.Connection) -> None:
     job_id = await insert_job(db, uuid.uuid4())
     with pytest.raises(asyncpg.CheckViolationError):
         await db.execute("update imagen.jobs set status = 'running' where id = $1", job_id)
-    assert await db.fetchval("select count(*) from imagen.job_events where job_id = $1", job_id) == 1
+    assert await db.fetchval("select count(*) from imagen.job_events where job_id = $1", job_id) == 0
 
 
 async def as_user(conn: asyncpg.Connection, role: str, sub: uuid.UUID | None) -> None:
@@ -202,6 +287,11 @@ async def seed_two_users(db: asyncpg.Connection) -> dict[str, Any]:
         )
         job = await insert_job(db, owner, canvas_id=canvas, node_id="n1")
         image = await insert_image(db, owner, job)
+        await db.execute(
+            "insert into imagen.job_events (job_id, owner_user_id, kind, payload) values ($1, $2, 'log', '{}')",
+            job,
+            owner,
+        )
         await db.execute(
             "insert into imagen.canvas_nodes (canvas_id, id, owner_user_id, type) values ($1, 'n1', $2, 'image')",
             canvas,

@@ -380,6 +380,6 @@ async def test_storage_that_keeps_failing_retries_then_fails_the_job_with_no_ima
     states = await db.fetch(
         "select payload from imagen.job_events where job_id = $1 and kind = 'state' order by id", job_id
     )
-    assert [s["payload"]["status"] for s in states] == ["pending", "running", "pending", "running", "failed"]
+    assert [s["payload"]["status"] for s in states] == ["running", "pending", "running", "failed"]
     assert await db.fetchval("select count(*) from imagen.images") == 0
     assert fake.buckets["images"].objects == {}

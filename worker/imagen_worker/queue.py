@@ -38,6 +38,8 @@ MAX_CLAIMS_IN_FLIGHT = 2
 # The queue's statements are prepared once per connection and run thousands of times; a generic
 # plan (no re-planning per execution) suits them, since every one is a key or partial-index lookup.
 QUEUE_SESSION_SETTINGS = {"enable_bitmapscan": "off", "plan_cache_mode": "force_generic_plan"}
+# Event kinds announced on imagen_job_signals besides cancellations (migration 0006).
+SIGNALLED_EVENT_KINDS = ("webhook",)
 # Finished jobs written per statement, and how long the flusher leaves them for a claim to carry.
 MAX_COMPLETIONS = 500
 FLUSH_DEFER_SECONDS = 0.05
@@ -134,11 +136,16 @@ class JobContext:
         await self.event("progress", payload)
 
     async def wait_for_event(self, kind: str, timeout: float) -> bool:  # noqa: ASYNC109 - False on timeout is the answer
-        """Wait until a `kind` event for this job is announced (e.g. a verified webhook); False on timeout.
+        """Wait until a `kind` event for this job is signalled; False on timeout. Signalled kinds:
+        "webhook" (a verified delivery, announced on imagen_job_signals).
 
         Callers read the event rows themselves (by id or kind) after a wake-up, and should still poll the
         provider on timeout: a notification can be missed while the LISTEN connection reconnects.
         """
+        if kind not in SIGNALLED_EVENT_KINDS:
+            raise ValueError(
+                f"wait_for_event kind {kind!r} is never signalled to workers; use one of {SIGNALLED_EVENT_KINDS}"
+            )
         waiter = self.worker._event_waiter(self.job.id, kind)
         try:
             await asyncio.wait_for(waiter.wait(), timeout)
@@ -324,7 +331,7 @@ class Worker:
             conn.add_termination_listener(lambda _c: self._listener_lost.set())
             try:
                 await conn.add_listener("imagen_jobs", self._on_job_notify)
-                await conn.add_listener("imagen_job_events", self._on_event_notify)
+                await conn.add_listener("imagen_job_signals", self._on_signal)
             except CONNECTION_ERRORS:
                 continue
             self._due()  # sweep whatever arrived while we were not listening
@@ -338,9 +345,10 @@ class Worker:
     def _on_job_notify(self, *_args: object) -> None:
         self._due()
 
-    def _on_event_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
-        # The payload is a JSON array of events (see migration 0003). Cheap filter first: only
-        # cancellations, and events a handler waits for, matter here.
+    def _on_signal(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        # imagen_job_signals (migration 0006): a JSON array of events a job's worker must act on,
+        # a running job's cancellation or a webhook delivery. Cheap filter first: most concern
+        # jobs of other workers.
         if '"cancelled"' not in payload and not self._event_waiters:
             return
         try:
@@ -405,26 +413,30 @@ class Worker:
 
     async def _claim(self, n: int, gen: int) -> None:
         try:
-            rows = await self._cycle(n)
-        except CONNECTION_ERRORS as exc:
-            log.warning("claim failed (%s); retrying", type(exc).__name__)
-            self._empty_gen = gen
-            self._idle_until = (gen, time.monotonic() + self.config.reconnect_cap_seconds)
-            return
+            try:
+                rows = await self._cycle(n)
+            except CONNECTION_ERRORS as exc:
+                log.warning("claim failed (%s); retrying", type(exc).__name__)
+                self._empty_gen = gen
+                self._idle_until = (gen, time.monotonic() + self.config.reconnect_cap_seconds)
+                return
+            finally:
+                # Leave the in-flight set before the dispatcher next looks (a done-callback would run after it).
+                self._claims.discard(asyncio.current_task())
+                self._reserved -= n
+            for row in rows:
+                job = Job.from_record(row)
+                if len(self._running) < self.config.concurrency:
+                    self._start(job)
+                else:
+                    self._ready[job.id] = job
+            self.stats["claimed"] += len(rows)
+            if len(rows) < n and gen == self._due_gen:
+                self._empty_gen = gen
         finally:
-            # Leave the in-flight set before waking the dispatcher (a done-callback would run after it).
-            self._claims.discard(asyncio.current_task())
-            self._reserved -= n
+            # Wake the dispatcher last: the handlers just started run their first steps ahead of its
+            # bookkeeping (and of an idle spell's next_run_at query).
             self._kick.set()
-        for row in rows:
-            job = Job.from_record(row)
-            if len(self._running) < self.config.concurrency:
-                self._start(job)
-            else:
-                self._ready[job.id] = job
-        self.stats["claimed"] += len(rows)
-        if len(rows) < n and gen == self._due_gen:
-            self._empty_gen = gen
 
     def _start(self, job: Job) -> None:
         task = asyncio.create_task(self._run_job(job), name=f"imagen-job-{job.id}")
@@ -434,6 +446,12 @@ class Worker:
         """One claim_jobs statement: write the finished jobs waiting to be written, claim up to n.
         On a connection error the finished jobs go back to wait for the next cycle."""
         batch, self._completions = self._completions[:MAX_COMPLETIONS], self._completions[MAX_COMPLETIONS:]
+        if not batch:
+            # Nothing to carry (an idle worker woken by a NOTIFY, or a drain that outruns its
+            # handlers): the lean statement, committed asynchronously (ADR 0005).
+            return await self.pool.fetch(
+                q("claim_next"), self.config.worker_id, n, self.config.lease_seconds, self._owner
+            )
         ids = [job.id for job, _ in batch]
         costs = [res.cost_usd for _, res in batch]
         image_ids = [res.image.id if res.image else None for _, res in batch]

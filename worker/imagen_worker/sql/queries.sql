@@ -1,5 +1,5 @@
 -- The queue's statements. Each `-- name:` block is one query, loaded by imagen_worker.sql.q().
--- Job transitions write their job_events rows through the triggers of migration 0003.
+-- Job transitions write their job_events rows through the transition trigger (migrations 0003, 0006).
 
 -- name: claim_jobs
 -- One statement per cycle: write this worker's finished jobs as done (with their images rows),
@@ -39,13 +39,19 @@ img as (
     join done d on d.id = i.job_id
 ),
 claimed as (
+  -- A cycle that carries no finished job commits asynchronously (ADR 0005); one that does keeps
+  -- the session's synchronous_commit, so a written `done` is durable when the worker learns of it.
   update imagen.jobs j
      set status = 'running',
          locked_by = $1,
          lease_expires_at = now() + make_interval(secs => $3),
          attempts = j.attempts + 1,
          started_at = now()
-   where j.id in (
+   where (select set_config('synchronous_commit',
+                            case when cardinality($5::uuid[]) = 0 then 'off'
+                                 else current_setting('synchronous_commit') end,
+                            true)) is not null
+     and j.id in (
            select p.id
              from imagen.jobs p
             where p.status = 'pending'
@@ -64,6 +70,35 @@ select *
         select false, d.id, null, null, null, null, null, null, null, null, null, null, null, null, null
           from done d) r
  order by r.claimed desc, r.priority, r.run_at
+
+-- name: claim_next
+-- A cycle with no finished job to carry: claim up to n pending jobs, committed asynchronously
+-- (ADR 0005: a claim lost to a Postgres crash returns its job to pending, like an expired lease).
+-- $1 worker id, $2 how many, $3 lease seconds, $4 owner (null: any owner). The same rows, in the
+-- same order, as claim_jobs' claimed rows.
+with claimed as (
+  update imagen.jobs j
+     set status = 'running',
+         locked_by = $1,
+         lease_expires_at = now() + make_interval(secs => $3),
+         attempts = j.attempts + 1,
+         started_at = now()
+   where (select set_config('synchronous_commit', 'off', true)) is not null
+     and j.id in (
+           select p.id
+             from imagen.jobs p
+            where p.status = 'pending'
+              and p.run_at <= now()
+              and ($4::uuid is null or p.owner_user_id = $4::uuid)
+            order by p.priority, p.run_at
+            for update skip locked
+            limit $2)
+  returning j.id, j.owner_user_id, j.canvas_id, j.node_id, j.provider, j.model, j.prompt, j.spec,
+            j.priority, j.run_at, j.attempts, j.max_attempts, j.created_at, j.provider_job_id
+)
+select true as claimed, c.*
+  from claimed c
+ order by c.priority, c.run_at
 
 -- name: next_run_at
 -- When the earliest pending job becomes due (null: none pending). $1 owner or null.
