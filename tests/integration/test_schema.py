@@ -208,7 +208,9 @@ async def test_imagen_job_signals_carries_running_cancellations_and_webhooks_onl
         cancel = json.loads(await asyncio.wait_for(signals.get(), 5))
         assert [(e["job_id"], e["kind"], e["status"]) for e in cancel] == [(str(running), "state", "cancelled")]
         webhook = json.loads(await asyncio.wait_for(signals.get(), 5))
-        assert webhook == [{"event_id": webhook_id, "job_id": str(running), "owner_user_id": str(owner), "kind": "webhook"}]
+        assert webhook == [
+            {"event_id": webhook_id, "job_id": str(running), "owner_user_id": str(owner), "kind": "webhook"}
+        ]
         # imagen_job_events still carries everything, in order: the claim, the progress, both cancels, the webhook.
         seen = [json.loads(await asyncio.wait_for(events.get(), 5)) for _ in range(5)]
         assert [(e[0]["kind"], e[0].get("status")) for e in seen] == [

@@ -1,5 +1,5 @@
 """Supabase Storage through the real storage3 client against a fake Storage server, alone and under a
-whole job: upload with upsert, download, public and signed URLs, delete, failures as StorageError,
+whole job: upload with upsert, download, public and signed URLs, delete, failures as StorageRejected or StorageUnavailable,
 and a job from INSERT to done (or to failed, when storage keeps failing)."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import pytest_asyncio
 from PIL import Image
 
 from imagen_worker.config import Settings
-from imagen_worker.errors import ConfigError, StorageError
+from imagen_worker.errors import ConfigError, StorageRejected, StorageUnavailable
 from imagen_worker.pipeline import ImagePipeline
 from imagen_worker.providers import ProviderRegistry
 from imagen_worker.providers.local import LocalProvider
@@ -105,7 +105,7 @@ async def test_get_returns_the_stored_bytes_and_a_missing_object_is_a_storage_er
 ) -> None:
     await storage.put("owner/job.png", PNG, "image/png")
     assert await storage.get("owner/job.png") == PNG
-    with pytest.raises(StorageError, match=r"no object 'owner/missing.png' in Supabase Storage bucket 'images'"):
+    with pytest.raises(StorageRejected, match=r"no object 'owner/missing.png' in Supabase Storage bucket 'images'"):
         await storage.get("owner/missing.png")
 
 
@@ -125,7 +125,7 @@ async def test_signed_url_serves_the_object_without_keys_until_it_expires(
 
 
 async def test_signed_url_for_a_missing_object_is_a_storage_error(storage: SupabaseStorage) -> None:
-    with pytest.raises(StorageError, match=r"could not sign a URL for 'owner/none.png'.*404 not_found"):
+    with pytest.raises(StorageRejected, match=r"could not sign a URL for 'owner/none.png'.*404 not_found"):
         await storage.url("owner/none.png")
 
 
@@ -158,7 +158,7 @@ async def test_delete_removes_the_object_and_deleting_a_missing_one_is_fine(
 async def test_paths_outside_the_bucket_are_refused_before_any_request(
     fake: FakeSupabaseStorage, storage: SupabaseStorage, path: str
 ) -> None:
-    with pytest.raises(StorageError, match="not a relative path inside the bucket"):
+    with pytest.raises(StorageRejected, match="not a relative path inside the bucket"):
         await storage.put(path, PNG, "image/png")
     assert fake.requests == []
 
@@ -167,10 +167,11 @@ async def test_a_wrong_key_fails_as_storage_error_without_showing_the_key(fake: 
     wrong = api_key("service_role", secret="another-projects-secret-another-projects-secret")
     backend = SupabaseStorage(fake.url, wrong, "images")
     try:
-        with pytest.raises(StorageError) as err:
+        with pytest.raises(StorageRejected) as err:
             await backend.put("owner/job.png", PNG, "image/png")
     finally:
         await backend.aclose()
+    assert not err.value.retryable  # a retry with the same key cannot help
     message = str(err.value)
     assert message.startswith("Supabase Storage could not upload 'owner/job.png' in bucket 'images': ")
     assert "Invalid API key" in message
@@ -180,7 +181,7 @@ async def test_a_wrong_key_fails_as_storage_error_without_showing_the_key(fake: 
 async def test_an_anon_key_is_refused_by_row_level_security(fake: FakeSupabaseStorage) -> None:
     backend = SupabaseStorage(fake.url, fake.anon_key, "images")
     try:
-        with pytest.raises(StorageError, match="403 Unauthorized: new row violates row-level security policy"):
+        with pytest.raises(StorageRejected, match="403 Unauthorized: new row violates row-level security policy"):
             await backend.put("owner/job.png", PNG, "image/png")
     finally:
         await backend.aclose()
@@ -189,7 +190,7 @@ async def test_an_anon_key_is_refused_by_row_level_security(fake: FakeSupabaseSt
 async def test_a_missing_bucket_names_the_bucket(fake: FakeSupabaseStorage) -> None:
     backend = SupabaseStorage(fake.url, fake.service_role_key, "nope")
     try:
-        with pytest.raises(StorageError, match=r"in bucket 'nope': 404 Bucket not found: Bucket not found"):
+        with pytest.raises(StorageRejected, match=r"in bucket 'nope': 404 Bucket not found: Bucket not found"):
             await backend.put("owner/job.png", PNG, "image/png")
     finally:
         await backend.aclose()
@@ -197,7 +198,7 @@ async def test_a_missing_bucket_names_the_bucket(fake: FakeSupabaseStorage) -> N
 
 async def test_a_5xx_is_a_retryable_storage_error(fake: FakeSupabaseStorage, storage: SupabaseStorage) -> None:
     fake.fail_uploads(1)
-    with pytest.raises(StorageError, match="503 internal: Service temporarily unavailable") as err:
+    with pytest.raises(StorageUnavailable, match="503 internal: Service temporarily unavailable") as err:
         await storage.put("owner/job.png", PNG, "image/png")
     assert err.value.retryable
     await storage.put("owner/job.png", PNG, "image/png")
@@ -209,7 +210,9 @@ async def test_an_unreachable_server_is_a_storage_error_naming_the_host() -> Non
     key = api_key("service_role")
     backend = SupabaseStorage(f"http://127.0.0.1:{port}", key, "images", timeout=5)
     try:
-        with pytest.raises(StorageError, match=rf"could not upload 'a.png' .*cannot reach 127.0.0.1:{port}") as err:
+        with pytest.raises(
+            StorageUnavailable, match=rf"could not upload 'a.png' .*cannot reach 127.0.0.1:{port}"
+        ) as err:
             await backend.put("a.png", PNG, "image/png")
     finally:
         await backend.aclose()
@@ -383,3 +386,27 @@ async def test_storage_that_keeps_failing_retries_then_fails_the_job_with_no_ima
     assert [s["payload"]["status"] for s in states] == ["running", "pending", "running", "failed"]
     assert await db.fetchval("select count(*) from imagen.images") == 0
     assert fake.buckets["images"].objects == {}
+
+
+async def test_storage_that_refuses_the_key_fails_the_job_at_once_after_one_upload(
+    db_url: str, db: asyncpg.Connection, fake: FakeSupabaseStorage
+) -> None:
+    """A refusal (here the project's anon key, which Storage's row-level security turns away) is not
+    retried: not by the upload's own retries, not by the job's attempts."""
+    owner = uuid.uuid4()
+    pipeline = ImagePipeline(
+        SupabaseStorage(fake.url, fake.anon_key, "images"), ProviderRegistry({"local": LocalProvider})
+    )
+    async with running_worker(db_url, pipeline, FAST_RETRY):
+        job_id = await _insert_job(db, owner, max_attempts=3)
+        assert await wait_for_status(db, [job_id], timeout=30) == {job_id: "failed"}
+    assert isinstance(pipeline.storage, SupabaseStorage)
+    await pipeline.storage.aclose()
+
+    job = await _job(db, job_id)
+    assert job["attempts"] == 1 and job["image_id"] is None
+    assert job["error"] == (
+        f"Supabase Storage could not upload '{owner}/{job_id}.png' in bucket 'images': "
+        "403 Unauthorized: new row violates row-level security policy"
+    )
+    assert [u.status for u in fake.uploads()] == [400]

@@ -4,6 +4,7 @@ that leaves the bucket."""
 
 from __future__ import annotations
 
+import errno
 import hmac
 import time
 from pathlib import Path
@@ -11,7 +12,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
 
-from imagen_worker.errors import ConfigError, StorageError
+from imagen_worker.errors import ConfigError, StorageRejected, StorageUnavailable
 from imagen_worker.storage import LocalStorage, load_signing_key
 
 pytestmark = pytest.mark.asyncio
@@ -47,8 +48,33 @@ async def test_put_replaces_and_delete_is_idempotent(store: LocalStorage) -> Non
     assert await store.get("o/k.png") == b"two"
     await store.delete("o/k.png")
     await store.delete("o/k.png")
-    with pytest.raises(StorageError, match=r"no object 'o/k.png' in bucket 'images'"):
+    with pytest.raises(StorageRejected, match=r"no object 'o/k.png' in bucket 'images'"):
         await store.get("o/k.png")
+
+
+async def test_a_full_disk_is_unavailable_and_leaves_no_partial_file(
+    store: LocalStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def write_half_then_fail(self: Path, data: bytes) -> int:
+        with open(self, "wb") as f:
+            f.write(data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_bytes", write_half_then_fail)
+    with pytest.raises(
+        StorageUnavailable, match=r"local store could not write job\.png: No space left on device"
+    ) as err:
+        await store.put("owner/job.png", b"png bytes", "image/png")
+    assert err.value.retryable
+    assert list((store.root / "images" / "owner").iterdir()) == []  # neither the object nor a temp file
+
+
+async def test_a_folder_the_store_cannot_write_is_refused_with_the_fix(store: LocalStorage) -> None:
+    (store.root / "images").mkdir(parents=True)
+    (store.root / "images" / "owner").write_bytes(b"a file where the owner's folder should be")
+    with pytest.raises(StorageRejected, match="check that IMAGEN_DATA_DIR is a folder the worker can write") as err:
+        await store.put("owner/job.png", b"png bytes", "image/png")
+    assert not err.value.retryable
 
 
 async def test_a_signed_url_verifies_until_it_expires(store: LocalStorage) -> None:
@@ -116,11 +142,11 @@ async def test_verification_compares_signatures_in_constant_time(
     ],
 )
 async def test_paths_that_leave_the_bucket_are_refused(store: LocalStorage, tmp_path: Path, path: str) -> None:
-    with pytest.raises(StorageError, match="is not a relative path inside the bucket"):
+    with pytest.raises(StorageRejected, match="is not a relative path inside the bucket"):
         await store.put(path, b"x", "image/png")
-    with pytest.raises(StorageError, match="is not a relative path inside the bucket"):
+    with pytest.raises(StorageRejected, match="is not a relative path inside the bucket"):
         await store.get(path)
-    with pytest.raises(StorageError, match="is not a relative path inside the bucket"):
+    with pytest.raises(StorageRejected, match="is not a relative path inside the bucket"):
         await store.delete(path)
     assert not (tmp_path / "escape.png").exists()
     assert not (store.root / "escape.png").exists()

@@ -15,6 +15,8 @@ from .errors import (
     RetryableJobError,
     SpecError,
     StorageError,
+    StorageRejected,
+    StorageUnavailable,
 )
 from .jobs import Job, cancel_job, get_job, list_jobs, local_owner_id, submit_job
 from .queue import ImageRecord, JobContext, JobResult, Worker, WorkerConfig
@@ -39,6 +41,8 @@ __all__ = [
     "Settings",
     "SpecError",
     "StorageError",
+    "StorageRejected",
+    "StorageUnavailable",
     "Worker",
     "WorkerConfig",
     "__version__",

@@ -69,8 +69,18 @@ class ProviderRejected(ProviderError, PermanentJobError):
     """The provider rejected the request (bad request, content policy, authentication)."""
 
 
-class StorageError(RetryableJobError):
-    """The image store failed to take or give an object."""
+class StorageError(JobError):
+    """The image store failed to take or give an object: one of the two kinds below."""
+
+
+class StorageUnavailable(StorageError, RetryableJobError):
+    """The store could not answer (5xx, 408, 429, a timeout, unreachable, a transient I/O error):
+    the upload is retried, then the job."""
+
+
+class StorageRejected(StorageError, PermanentJobError):
+    """The store refused the request (a wrong key, row-level security, a missing bucket or object,
+    a path outside the bucket, no permission): a retry cannot help, so the job fails at once."""
 
 
 class ImageDataError(PermanentJobError):

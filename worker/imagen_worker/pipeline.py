@@ -7,7 +7,7 @@ import uuid
 
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from .errors import PermanentJobError, StorageError
+from .errors import PermanentJobError, StorageUnavailable
 from .images import process_image
 from .limits import provider_slot
 from .pricing import list_price
@@ -106,7 +106,7 @@ class ImagePipeline:
         async for attempt in AsyncRetrying(
             stop=stop_after_attempt(STORAGE_ATTEMPTS),
             wait=wait_exponential(multiplier=0.2, max=2.0),
-            retry=retry_if_exception_type(StorageError),
+            retry=retry_if_exception_type(StorageUnavailable),
             reraise=True,
         ):
             with attempt:

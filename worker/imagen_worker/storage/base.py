@@ -14,7 +14,8 @@ class StoredObject:
 
 
 class Storage(abc.ABC):
-    """A bucket of objects under deterministic keys. Implementations raise StorageError on failure."""
+    """A bucket of objects under deterministic keys. Implementations raise StorageRejected when the
+    request was refused (a retry cannot help) and StorageUnavailable when the store could not answer."""
 
     name: str
     bucket: str
@@ -25,7 +26,7 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     async def get(self, path: str) -> bytes:
-        """The bytes at `path`; StorageError if missing."""
+        """The bytes at `path`; StorageRejected if missing."""
 
     @abc.abstractmethod
     async def delete(self, path: str) -> None:

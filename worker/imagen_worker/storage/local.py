@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import hashlib
 import hmac
 import os
@@ -11,7 +13,7 @@ import time
 from pathlib import Path
 from urllib.parse import quote
 
-from ..errors import ConfigError, StorageError
+from ..errors import ConfigError, StorageRejected, StorageUnavailable
 from .base import Storage, StoredObject
 
 
@@ -34,6 +36,13 @@ def load_signing_key(data_dir: Path) -> bytes:
     return path.read_text().strip().encode()
 
 
+# Write failures that can pass on their own; any other (permissions, a read-only or misshapen folder)
+# needs a fix, so the job fails at once with the reason.
+_TRANSIENT_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EAGAIN, errno.EINTR, errno.ENOMEM, errno.EBUSY}
+)
+
+
 class LocalStorage(Storage):
     name = "local"
 
@@ -47,7 +56,7 @@ class LocalStorage(Storage):
 
     def _file(self, path: str) -> Path:
         if not path or path.startswith("/") or ".." in path.split("/") or "\\" in path:
-            raise StorageError(f"object path {path!r} is not a relative path inside the bucket")
+            raise StorageRejected(f"object path {path!r} is not a relative path inside the bucket")
         return self.root / self.bucket / path
 
     async def put(self, path: str, data: bytes, content_type: str) -> StoredObject:
@@ -57,20 +66,26 @@ class LocalStorage(Storage):
 
     @staticmethod
     def _write(target: Path, data: bytes) -> None:
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
             tmp.write_bytes(data)
             os.replace(tmp, target)
         except OSError as exc:
-            raise StorageError(f"local store could not write {target.name}: {exc.strerror or exc}") from exc
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            message = f"local store could not write {target.name}: {exc.strerror or exc}"
+            if exc.errno in _TRANSIENT_ERRNOS:
+                raise StorageUnavailable(message) from exc  # a full disk, an I/O error: may pass
+            # No permission, a read-only or misshapen folder: a setting to fix, not a moment to wait.
+            raise StorageRejected(f"{message}; check that IMAGEN_DATA_DIR is a folder the worker can write") from exc
 
     async def get(self, path: str) -> bytes:
         target = self._file(path)
         try:
             return await asyncio.to_thread(target.read_bytes)
         except FileNotFoundError:
-            raise StorageError(f"no object {path!r} in bucket {self.bucket!r}") from None
+            raise StorageRejected(f"no object {path!r} in bucket {self.bucket!r}") from None
 
     async def delete(self, path: str) -> None:
         target = self._file(path)

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from storage3 import AsyncStorageClient
 from storage3.utils import StorageException
 
-from ..errors import StorageError
+from ..errors import StorageError, StorageRejected, StorageUnavailable
 from .base import Storage, StoredObject
 
 # Objects live at deterministic keys that a retried job overwrites, so caches may keep them a while.
@@ -79,7 +79,7 @@ class SupabaseStorage(Storage):
             return await self._client.from_(self.bucket).download(path)
         except Exception as exc:
             if isinstance(exc, StorageException) and _status(exc) == "404":
-                raise StorageError(f"no object {path!r} in Supabase Storage bucket {self.bucket!r}") from None
+                raise StorageRejected(f"no object {path!r} in Supabase Storage bucket {self.bucket!r}") from None
             self._raise("download", path, exc)
 
     async def delete(self, path: str) -> None:
@@ -101,7 +101,7 @@ class SupabaseStorage(Storage):
             self._raise("sign a URL for", path, exc)
         url = signed["signedURL"]
         if not url:
-            raise StorageError(f"Supabase Storage returned no signed URL for {path!r} in bucket {self.bucket!r}")
+            raise StorageUnavailable(f"Supabase Storage returned no signed URL for {path!r} in bucket {self.bucket!r}")
         return url
 
     def _raise(self, action: str, path: str, exc: Exception) -> NoReturn:
@@ -122,14 +122,21 @@ class SupabaseStorage(Storage):
         detail = " ".join(detail.replace(self._key, "***").split())
         if len(detail) > _DETAIL_LIMIT:
             detail = detail[: _DETAIL_LIMIT - 1] + "…"
-        raise StorageError(f"{what}: {detail}") from exc
+        kind = StorageRejected if isinstance(exc, StorageException) and _refused(exc) else StorageUnavailable
+        raise kind(f"{what}: {detail}") from exc
 
 
 def _check(path: str) -> None:
     parts = path.split("/")
     if not path or path.startswith("/") or "\\" in path or any(p in ("", ".", "..") for p in parts):
-        raise StorageError(f"object path {path!r} is not a relative path inside the bucket")
+        raise StorageRejected(f"object path {path!r} is not a relative path inside the bucket")
 
 
 def _status(exc: StorageException) -> str:
     return str(getattr(exc, "status", "") or "")
+
+
+def _refused(exc: StorageException) -> bool:
+    """A 4xx other than 408 and 429: the request itself was refused (key, policy, bucket, size)."""
+    status = _status(exc)
+    return status.isdigit() and 400 <= int(status) < 500 and int(status) not in (408, 429)
