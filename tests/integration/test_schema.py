@@ -373,7 +373,7 @@ async def test_canvas_nodes_cannot_join_another_users_canvas(db: asyncpg.Connect
         )
 
 
-async def test_claim_query_uses_the_partial_pending_index(db: asyncpg.Connection) -> None:
+async def test_claim_queries_use_the_partial_pending_index(db: asyncpg.Connection) -> None:
     owner = uuid.uuid4()
     await db.execute(
         """insert into imagen.jobs (owner_user_id, prompt, status, completed_at)
@@ -385,6 +385,8 @@ async def test_claim_query_uses_the_partial_pending_index(db: asyncpg.Connection
     )
     await db.execute("analyze imagen.jobs")
     plan = "\n".join(r[0] for r in await db.fetch("explain " + q("claim_jobs"), "w1", 10, 30.0, None, [], [], [], []))
+    assert "jobs_pending_idx" in plan, plan
+    plan = "\n".join(r[0] for r in await db.fetch("explain " + q("claim_next"), "w1", 10, 30.0, None))
     assert "jobs_pending_idx" in plan, plan
 
 

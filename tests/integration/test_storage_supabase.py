@@ -295,10 +295,26 @@ async def _insert_job(db: asyncpg.Connection, owner: uuid.UUID, max_attempts: in
     return job_id
 
 
-def _pipeline(fake: FakeSupabaseStorage) -> ImagePipeline:
+def _pipeline(fake: FakeSupabaseStorage, key: str | None = None) -> ImagePipeline:
     return ImagePipeline(
-        SupabaseStorage(fake.url, fake.service_role_key, "images"), ProviderRegistry({"local": LocalProvider})
+        SupabaseStorage(fake.url, key or fake.service_role_key, "images"), ProviderRegistry({"local": LocalProvider})
     )
+
+
+async def _run_to_failure(
+    db_url: str, db: asyncpg.Connection, fake: FakeSupabaseStorage, *, max_attempts: int, key: str | None = None
+) -> tuple[uuid.UUID, uuid.UUID, dict[str, Any]]:
+    """Run one job through a worker on the fake until it fails: (owner, job id, job row)."""
+    owner = uuid.uuid4()
+    pipeline = _pipeline(fake, key)
+    async with running_worker(db_url, pipeline, FAST_RETRY):
+        job_id = await _insert_job(db, owner, max_attempts=max_attempts)
+        assert await wait_for_status(db, [job_id], timeout=30) == {job_id: "failed"}
+    assert isinstance(pipeline.storage, SupabaseStorage)
+    await pipeline.storage.aclose()
+    job = await _job(db, job_id)
+    assert job["image_id"] is None
+    return owner, job_id, job
 
 
 async def _job(db: asyncpg.Connection, job_id: uuid.UUID) -> dict[str, Any]:
@@ -363,16 +379,8 @@ async def test_storage_that_keeps_failing_retries_then_fails_the_job_with_no_ima
     db_url: str, db: asyncpg.Connection, fake: FakeSupabaseStorage
 ) -> None:
     fake.fail_uploads(1000)
-    owner = uuid.uuid4()
-    pipeline = _pipeline(fake)
-    async with running_worker(db_url, pipeline, FAST_RETRY):
-        job_id = await _insert_job(db, owner, max_attempts=2)
-        assert await wait_for_status(db, [job_id], timeout=30) == {job_id: "failed"}
-    assert isinstance(pipeline.storage, SupabaseStorage)
-    await pipeline.storage.aclose()
-
-    job = await _job(db, job_id)
-    assert job["attempts"] == 2 and job["image_id"] is None
+    owner, job_id, job = await _run_to_failure(db_url, db, fake, max_attempts=2)
+    assert job["attempts"] == 2
     assert job["error"] == (
         f"Supabase Storage could not upload '{owner}/{job_id}.png' in bucket 'images': "
         "503 internal: Service temporarily unavailable"
@@ -393,18 +401,8 @@ async def test_storage_that_refuses_the_key_fails_the_job_at_once_after_one_uplo
 ) -> None:
     """A refusal (here the project's anon key, which Storage's row-level security turns away) is not
     retried: not by the upload's own retries, not by the job's attempts."""
-    owner = uuid.uuid4()
-    pipeline = ImagePipeline(
-        SupabaseStorage(fake.url, fake.anon_key, "images"), ProviderRegistry({"local": LocalProvider})
-    )
-    async with running_worker(db_url, pipeline, FAST_RETRY):
-        job_id = await _insert_job(db, owner, max_attempts=3)
-        assert await wait_for_status(db, [job_id], timeout=30) == {job_id: "failed"}
-    assert isinstance(pipeline.storage, SupabaseStorage)
-    await pipeline.storage.aclose()
-
-    job = await _job(db, job_id)
-    assert job["attempts"] == 1 and job["image_id"] is None
+    owner, job_id, job = await _run_to_failure(db_url, db, fake, max_attempts=3, key=fake.anon_key)
+    assert job["attempts"] == 1
     assert job["error"] == (
         f"Supabase Storage could not upload '{owner}/{job_id}.png' in bucket 'images': "
         "403 Unauthorized: new row violates row-level security policy"

@@ -75,7 +75,8 @@ select *
 -- A cycle with no finished job to carry: claim up to n pending jobs, committed asynchronously
 -- (ADR 0005: a claim lost to a Postgres crash returns its job to pending, like an expired lease).
 -- $1 worker id, $2 how many, $3 lease seconds, $4 owner (null: any owner). The same rows, in the
--- same order, as claim_jobs' claimed rows.
+-- same order, as claim_jobs' claimed rows: its `claimed` part, kept in step with it by hand (a
+-- lean statement of its own saves ~0.1 ms on the pickup path, ADR 0005).
 with claimed as (
   update imagen.jobs j
      set status = 'running',
