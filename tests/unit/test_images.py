@@ -155,3 +155,20 @@ def test_thumbnail_keeps_transparency() -> None:
         assert thumb.mode == "RGBA"
         assert thumb.getpixel((2, 2))[3] == 0  # type: ignore[index]
         assert thumb.getpixel((128, 128))[3] == 255  # type: ignore[index]
+
+
+def test_thumbnail_of_a_sideways_jpeg_with_exif_orientation_is_upright() -> None:
+    """Orientation 6: the pixels are stored turned 90° anticlockwise; viewers turn them clockwise."""
+    img = Image.new("RGB", (400, 200), (255, 0, 0))
+    img.paste((0, 0, 255), (200, 0, 400, 200))  # stored: red left half, blue right half
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    out = io.BytesIO()
+    img.save(out, format="JPEG", exif=exif)
+    with Image.open(io.BytesIO(process_image(out.getvalue()).thumbnail)) as thumb:
+        assert thumb.size == (128, 256)  # upright: portrait
+        rgb = thumb.convert("RGB")
+        top, bottom = rgb.getpixel((64, 20)), rgb.getpixel((64, 236))
+        assert isinstance(top, tuple) and isinstance(bottom, tuple)
+        assert top[0] > 200 and top[2] < 60  # the stored left half is on top once turned clockwise
+        assert bottom[2] > 200 and bottom[0] < 60

@@ -6,7 +6,7 @@ import hashlib
 import io
 from dataclasses import dataclass
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageDataError
 
@@ -89,6 +89,9 @@ def make_thumbnail(data: bytes, size: int = THUMB_SIZE) -> bytes:
         img.draft("RGB", (size, size))  # JPEG: decode at reduced scale
         thumb = img.convert("RGBA" if img.mode in ("RGBA", "LA", "P") else "RGB")
         thumb.thumbnail((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
+        # A camera-style JPEG stores its pixels sideways with an EXIF Orientation tag; the thumbnail
+        # (which carries no EXIF) is stored upright.
+        ImageOps.exif_transpose(thumb, in_place=True)
         out = io.BytesIO()
         thumb.save(out, format="WEBP", quality=80, method=0)
         return out.getvalue()
