@@ -227,6 +227,37 @@ async def test_worker_shutdown_leaves_the_prediction_running_and_the_next_worker
     assert fake.creates == 1
 
 
+async def test_a_prediction_outlasting_the_job_timeout_is_resumed_on_retry_not_timed_out(
+    db_url: str, db: asyncpg.Connection, tmp_path: Path, fake: FakeReplicate
+) -> None:
+    """The poll cap (20 s here, 300 s by default) is longer than the job's timeout (2 s): the provider
+    stops waiting a margin before the timeout with a retryable error, so the job keeps its prediction
+    and the next attempt resumes it."""
+    fake.hold = True
+    config = WorkerConfig(
+        concurrency=2, poll_interval=0.5, job_timeout=2.0, retry_base_seconds=0.05, retry_cap_seconds=0.2
+    )
+    pipeline = local_pipeline(tmp_path, {"replicate": lambda: provider_for(fake)})
+    async with running_worker(db_url, pipeline, config):
+        job_id = await submit(db)
+
+        async def first_attempt_gave_up() -> bool:
+            return await db.fetchval("select error from imagen.jobs where id = $1", job_id) is not None
+
+        await until(first_attempt_gave_up, timeout=10)
+        status, error = await db.fetchrow("select status, error from imagen.jobs where id = $1", job_id)
+        assert status in ("pending", "running")  # retried (and perhaps already resumed), not failed
+        [prediction_id] = fake.predictions
+        assert error.startswith(f"Replicate prediction {prediction_id} did not finish within ")
+        assert error.endswith("a retry resumes it") and "timed out" not in error
+        fake.finish(prediction_id)
+        await wait_for_status(db, [job_id], timeout=10)
+    await stored_image(db, tmp_path, job_id)
+    assert fake.creates == 1
+    job = await db.fetchrow("select attempts, provider_job_id from imagen.jobs where id = $1", job_id)
+    assert job["attempts"] >= 2 and job["provider_job_id"] == prediction_id
+
+
 async def test_a_failed_prediction_fails_the_job_with_replicates_error(
     db_url: str, db: asyncpg.Connection, tmp_path: Path, fake: FakeReplicate
 ) -> None:

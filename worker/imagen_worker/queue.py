@@ -119,10 +119,16 @@ class JobContext:
         self.worker = worker
         self.job = job
         self.started = time.perf_counter()
+        # When the worker's per-job timeout fires (time.monotonic()).
+        self.deadline = time.monotonic() + worker.config.job_timeout
 
     @property
     def pool(self) -> asyncpg.Pool:
         return self.worker.pool
+
+    def time_left(self) -> float:
+        """Seconds until this job's timeout fails it."""
+        return self.deadline - time.monotonic()
 
     async def event(self, kind: str, payload: dict[str, Any], *, delivery_id: str | None = None) -> int | None:
         """Append a job_events row (kind: progress, log, error, webhook). None if the delivery id was seen."""

@@ -96,6 +96,16 @@ def poll_settings(environ: Mapping[str, str] | None = None) -> tuple[float, floa
     return _seconds(env, "IMAGEN_PROVIDER_POLL_INTERVAL", 5.0), _seconds(env, "IMAGEN_PROVIDER_POLL_TIMEOUT", 300.0)
 
 
+def poll_deadline(ctx: JobContext, cap: float) -> float:
+    """When an asynchronous provider stops waiting for its upstream job (time.monotonic()): after `cap`
+    seconds, or a margin before the job's own timeout, whichever is sooner. Stopping first raises a
+    retryable error that keeps the upstream job id, so the next attempt resumes the job instead of
+    the timeout failing it (the margin leaves the last poll request time to answer)."""
+    left = ctx.time_left()
+    margin = min(10.0, left * 0.1)
+    return time.monotonic() + max(0.0, min(cap, left - margin))
+
+
 def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
     raw = (env.get(name) or "").strip()
     if not raw:

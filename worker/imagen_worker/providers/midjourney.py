@@ -24,6 +24,7 @@ from ..spec import ImagePromptSpec
 from ..webhooks import (
     download_output,
     midjourney_event,
+    poll_deadline,
     poll_settings,
     retry_after,
     signed_callback_url,
@@ -146,7 +147,8 @@ class MidjourneyProvider(Provider):
     async def _wait(
         self, http: httpx.AsyncClient, ctx: JobContext, task_id: str, task: dict[str, Any] | None
     ) -> dict[str, Any]:
-        deadline = time.monotonic() + self.poll_timeout
+        started = time.monotonic()
+        deadline = poll_deadline(ctx, self.poll_timeout)
         reported: float | None = None
         while True:
             if task is not None:
@@ -156,7 +158,8 @@ class MidjourneyProvider(Provider):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise ProviderUnavailable(
-                    f"Midjourney task {task_id} did not finish within {self.poll_timeout:g} s; a retry resumes it"
+                    f"Midjourney task {task_id} did not finish within {time.monotonic() - started:.0f} s "
+                    "of this attempt; a retry resumes it"
                 )
             # A notifyHook delivery wakes us at once; none within the interval: poll anyway.
             if self.webhook_url and self._webhook_secret:

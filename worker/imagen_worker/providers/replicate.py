@@ -28,6 +28,7 @@ from ..webhooks import (
     OutputGone,
     download_output,
     latest_webhook,
+    poll_deadline,
     poll_settings,
     replicate_event,
     retry_after,
@@ -239,7 +240,8 @@ class ReplicateProvider(Provider):
         raise ProviderRejected(f"Replicate prediction {pred.id} was {pred.status} on Replicate, not by this job")
 
     async def _wait(self, http: httpx.AsyncClient, ctx: JobContext, prediction_id: str) -> _Prediction:
-        deadline = time.monotonic() + self.poll_timeout
+        started = time.monotonic()
+        deadline = poll_deadline(ctx, self.poll_timeout)
         reported: float | None = None
         while True:
             if self.webhook_url:
@@ -249,8 +251,8 @@ class ReplicateProvider(Provider):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise ProviderUnavailable(
-                    f"Replicate prediction {prediction_id} did not finish within {self.poll_timeout:g} s; "
-                    "a retry resumes it"
+                    f"Replicate prediction {prediction_id} did not finish within "
+                    f"{time.monotonic() - started:.0f} s of this attempt; a retry resumes it"
                 )
             # With a webhook configured, a delivery wakes us at once; none within the interval: poll.
             if self.webhook_url:
