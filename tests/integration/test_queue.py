@@ -213,6 +213,7 @@ async def test_cancelling_a_pending_job_takes_effect_at_once(db: asyncpg.Connect
 async def test_cancelling_a_running_job_aborts_its_handler(db: asyncpg.Connection, db_url: str, tmp_path: Path) -> None:
     started = asyncio.Event()
     aborted = asyncio.Event()
+    reasons: list[str] = []
     pipeline = local_pipeline(tmp_path)
 
     async def long_job(ctx: JobContext) -> JobResult:
@@ -220,6 +221,7 @@ async def test_cancelling_a_running_job_aborts_its_handler(db: asyncpg.Connectio
         try:
             await asyncio.sleep(30)
         except asyncio.CancelledError:
+            reasons.append(ctx.stop_reason)
             aborted.set()
             raise
         return await pipeline(ctx)
@@ -238,7 +240,8 @@ async def test_cancelling_a_running_job_aborts_its_handler(db: asyncpg.Connectio
         await db.fetchval("select imagen.cancel_job($1)", other)
         await wait_for_status(db, [other], ["cancelled"])
         assert worker.stats["cancelled"] == 2
-    assert abort_s < 2.0, "the handler was not told through imagen_job_events"
+    assert abort_s < 2.0, "the handler was not told through imagen_job_signals"
+    assert reasons == ["cancelled", "cancelled"]
     assert await db.fetchval("select status from imagen.jobs where id = $1", job_id) == "cancelled"
     assert await db.fetchval("select count(*) from imagen.images") == 0
 
@@ -246,12 +249,14 @@ async def test_cancelling_a_running_job_aborts_its_handler(db: asyncpg.Connectio
 async def test_lost_lease_stops_the_handler_and_nothing_is_written(db: asyncpg.Connection, db_url: str) -> None:
     started = asyncio.Event()
     stopped = asyncio.Event()
+    reasons: list[str] = []
 
     async def long_job(ctx: JobContext) -> None:
         started.set()
         try:
             await asyncio.sleep(30)
         except asyncio.CancelledError:
+            reasons.append(ctx.stop_reason)
             stopped.set()
             raise
 
@@ -265,6 +270,34 @@ async def test_lost_lease_stops_the_handler_and_nothing_is_written(db: asyncpg.C
         )
         await asyncio.wait_for(stopped.wait(), 5)
     assert await db.fetchval("select locked_by from imagen.jobs where id = $1", job_id) == "someone-else"
+    assert reasons == ["lease_lost"]
+
+
+async def test_a_stopped_handler_is_told_whether_it_timed_out_or_the_worker_is_shutting_down(
+    db: asyncpg.Connection, db_url: str
+) -> None:
+    """ctx.stop_reason lets a provider's cancel hook cancel upstream only where the job will not be resumed."""
+    reasons: dict[str, str] = {}
+    started = asyncio.Event()
+
+    async def long_job(ctx: JobContext) -> None:
+        started.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            reasons[ctx.job.prompt] = ctx.stop_reason
+            raise
+
+    async with running_worker(db_url, long_job, WorkerConfig(job_timeout=0.5)):
+        timed_out = await sql_insert(db, "slow")
+        await wait_for_status(db, [timed_out], ["failed"], timeout=10)
+    config = WorkerConfig(shutdown_grace=0.2)
+    started.clear()
+    async with running_worker(db_url, long_job, config):
+        released = await sql_insert(db, "interrupted")
+        await asyncio.wait_for(started.wait(), 10)
+    assert reasons == {"slow": "timed_out", "interrupted": "shutdown"}
+    assert await db.fetchval("select status from imagen.jobs where id = $1", released) == "pending"
 
 
 async def test_heartbeat_keeps_a_long_job_leased_against_other_workers(db: asyncpg.Connection, db_url: str) -> None:

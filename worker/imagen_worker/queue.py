@@ -130,6 +130,20 @@ class JobContext:
         """Seconds until this job's timeout fails it."""
         return self.deadline - time.monotonic()
 
+    @property
+    def stop_reason(self) -> str:
+        """Why the handler is being stopped, for a provider's cancel hook: "cancelled" (the owner
+        cancelled the job), "lease_lost" (the job was taken back: an expired lease), "timed_out", or
+        "shutdown" (the worker is stopping and the job returns to the queue to be resumed)."""
+        running = self.worker._running.get(self.job.id)
+        if running is not None and running.cancelled_by_owner:
+            return "cancelled"
+        if running is not None and running.lease_lost:
+            return "lease_lost"
+        if self.time_left() <= 0.05:
+            return "timed_out"
+        return "shutdown"
+
     async def event(self, kind: str, payload: dict[str, Any], *, delivery_id: str | None = None) -> int | None:
         """Append a job_events row (kind: progress, log, error, webhook). None if the delivery id was seen."""
         value = await self.pool.fetchval(q("insert_event"), self.job.id, kind, payload, delivery_id)

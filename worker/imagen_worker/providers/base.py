@@ -116,7 +116,9 @@ class Provider(abc.ABC):
         """Make one image."""
 
     async def cancel(self, ctx: JobContext) -> None:  # noqa: B027 - optional upstream cancel
-        """Cancel the job upstream, where the provider can; the default has nothing to cancel."""
+        """Called when the handler is stopped during `generate` (`ctx.stop_reason` says why): cancel the
+        job upstream where the provider can and where the job will not be resumed. The default has
+        nothing to cancel."""
 
     async def aclose(self) -> None:  # noqa: B027 - optional: providers holding HTTP clients close them
         """Release network clients; called once when the worker stops."""

@@ -19,11 +19,9 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import asyncpg
 import httpx
 
 from ..errors import ConfigError, ProviderRejected, ProviderUnavailable, RateLimited
-from ..queries import queries
 from ..webhooks import (
     OutputGone,
     download_output,
@@ -164,18 +162,13 @@ class ReplicateProvider(Provider):
     async def cancel(self, ctx: JobContext) -> None:
         """Cancel the prediction upstream when the owner cancelled the job or it ran out of time. On a
         worker shutdown or a lost lease the prediction is left running: the next attempt resumes it."""
-        prediction_id = self._inflight.pop(ctx.job.id, None)
-        try:
-            row = await ctx.pool.fetchrow(queries("webhooks.sql")["job_cancel_state"], ctx.job.id)
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
-            log.warning("job=%s cannot read the job to decide on an upstream cancel (%s)", ctx.job.id, exc)
+        prediction_id = self._inflight.pop(ctx.job.id, None) or ctx.job.provider_job_id
+        reason = ctx.stop_reason
+        if reason not in ("cancelled", "timed_out"):
+            if prediction_id:
+                log.info("job=%s stopped (%s): prediction %s left running to resume", ctx.job.id, reason, prediction_id)
             return
-        prediction_id = prediction_id or (row["provider_job_id"] if row else None) or ctx.job.provider_job_id
         if prediction_id is None:
-            return
-        timed_out = time.perf_counter() - ctx.started >= ctx.worker.config.job_timeout - 0.05
-        if (row is None or row["status"] != "cancelled") and not timed_out:
-            log.info("job=%s stopped without a cancel: prediction %s left running to resume", ctx.job.id, prediction_id)
             return
         try:
             async with self._client(timeout=10.0) as http:

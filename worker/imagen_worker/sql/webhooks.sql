@@ -35,7 +35,3 @@ select payload::text
    and payload ->> 'provider_job_id' = $2
  order by id desc
  limit 1
-
--- name: job_cancel_state
--- What a provider's cancel hook needs: was the job cancelled, and which upstream job it started.
-select status, provider_job_id from imagen.jobs where id = $1
