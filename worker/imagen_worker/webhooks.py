@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import email.utils
 import hashlib
 import hmac
 import json
@@ -414,19 +413,3 @@ async def download_output(
 
 class OutputGone(ProviderUnavailable):
     """A provider's output URL answered 404/410: expired, or not yet there."""
-
-
-def retry_after(resp: httpx.Response) -> float | None:
-    """An answer's Retry-After in seconds (delta-seconds or an HTTP date), if it has one."""
-    raw = resp.headers.get("retry-after")
-    if not raw:
-        return None
-    try:
-        return max(0.0, float(raw))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(raw)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())

@@ -20,6 +20,7 @@ from google.genai import types
 from ..errors import JobError, ProviderRejected, ProviderUnavailable, RateLimited, SpecError
 from ..images import guess_content_type
 from ..spec import ImagePromptSpec
+from . import _http
 from .base import Capabilities, GeneratedImage, GenerationRequest, Provider, ProviderResult
 
 if TYPE_CHECKING:
@@ -417,12 +418,9 @@ def _error_reason(exc: genai_errors.APIError) -> str | None:
 def _retry_after(exc: genai_errors.APIError) -> float | None:
     """The server's wait: a Retry-After header, else the google.rpc.RetryInfo retryDelay ("17s")."""
     headers = getattr(exc.response, "headers", None)
-    value = headers.get("retry-after") if headers is not None else None
-    if value is not None:
-        try:
-            return max(0.0, float(value))
-        except ValueError:
-            pass
+    wait = _http.retry_after(headers) if headers is not None else None
+    if wait is not None:
+        return wait
     for detail in _details(exc):
         if str(detail.get("@type", "")).endswith("google.rpc.RetryInfo"):
             match = _DURATION.match(str(detail.get("retryDelay", "")))

@@ -14,8 +14,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
 
 import httpx
 
@@ -26,17 +25,18 @@ from ..webhooks import (
     midjourney_event,
     poll_deadline,
     poll_settings,
-    retry_after,
     signed_callback_url,
     webhook_secrets,
     webhook_url,
 )
+from ._http import json_object, raise_for_status, send
 from .base import Capabilities, GeneratedImage, GenerationRequest, Provider, ProviderResult
 
 if TYPE_CHECKING:
     from ..queue import JobContext
 
 log = logging.getLogger("imagen.providers.midjourney")
+WHO = "the Midjourney proxy"  # how error messages name the provider
 
 MODEL_FLAGS = {"midjourney-v7": "--v 7", "midjourney-v6.1": "--v 6.1", "niji-6": "--niji 6"}
 # Submit codes of the protocol: 1 success, 21 already exists, 22 queued: each carries the task id.
@@ -123,10 +123,10 @@ class MidjourneyProvider(Provider):
         body: dict[str, Any] = {"prompt": build_prompt(request), "state": str(ctx.job.id)}
         if self.webhook_url and self._webhook_secret:
             body["notifyHook"] = signed_callback_url(self.webhook_url, self._webhook_secret, self.name, ctx.job.id)
-        resp = await _send(http.post("/mj/submit/imagine", json=body, headers=self._auth()))
+        resp = await send(http.post("/mj/submit/imagine", json=body, headers=self._auth()), WHO)
         if resp.status_code >= 300:
             _raise_for(resp)
-        answer = _json(resp)
+        answer = json_object(resp, WHO)
         code = answer.get("code")
         result = answer.get("result")
         description = " ".join(str(answer.get("description") or "").split())[:300]
@@ -180,14 +180,14 @@ class MidjourneyProvider(Provider):
 
     async def _fetch(self, http: httpx.AsyncClient, task_id: str) -> dict[str, Any] | None:
         """The task, or None when the proxy does not know it (it answers an empty body or null)."""
-        resp = await _send(http.get(f"/mj/task/{task_id}/fetch", headers=self._auth()))
+        resp = await send(http.get(f"/mj/task/{task_id}/fetch", headers=self._auth()), WHO)
         if resp.status_code == 404:
             return None
         if resp.status_code >= 300:
             _raise_for(resp)
         if not resp.content.strip() or resp.content.strip() == b"null":
             return None
-        return _json(resp)
+        return json_object(resp, WHO)
 
     # -- HTTP --------------------------------------------------------------------------------------
 
@@ -240,34 +240,7 @@ def _status(task: dict[str, Any] | None) -> str:
     return str(task.get("status") or "") if task else ""
 
 
-async def _send(call: Awaitable[httpx.Response]) -> httpx.Response:
-    try:
-        return await call
-    except httpx.TimeoutException:
-        raise ProviderUnavailable("the Midjourney proxy did not answer in time") from None
-    except httpx.HTTPError as exc:
-        raise ProviderUnavailable(f"could not reach the Midjourney proxy ({type(exc).__name__})") from None
-
-
-def _raise_for(resp: httpx.Response) -> None:
-    status = resp.status_code
+def _raise_for(resp: httpx.Response) -> NoReturn:
     detail = " ".join(resp.text.split())[:300] or resp.reason_phrase
-    if status == 429:
-        raise RateLimited(f"the Midjourney proxy throttled the request (429): {detail}", retry_after=retry_after(resp))
-    if status >= 500 or status == 408:
-        raise ProviderUnavailable(f"the Midjourney proxy failed ({status}): {detail}")
-    if status in (401, 403):
-        raise ProviderRejected(f"the Midjourney proxy refused the secret ({status}); check MIDJOURNEY_API_KEY")
-    raise ProviderRejected(f"the Midjourney proxy refused the request ({status}): {detail}")
-
-
-def _json(resp: httpx.Response) -> dict[str, Any]:
-    try:
-        body = resp.json()
-    except ValueError:
-        raise ProviderUnavailable(
-            f"the Midjourney proxy answered {resp.status_code} with a body that is not JSON"
-        ) from None
-    if not isinstance(body, dict):
-        raise ProviderUnavailable(f"the Midjourney proxy answered {resp.status_code} with unexpected JSON")
-    return body
+    refused = f"{WHO} refused the secret ({resp.status_code}); check MIDJOURNEY_API_KEY"
+    raise_for_status(resp, WHO, detail, {401: refused, 403: refused})

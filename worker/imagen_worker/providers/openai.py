@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-import email.utils
 import os
-import time
 from collections.abc import Mapping
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -25,6 +23,7 @@ from ..errors import (
 )
 from ..images import MAX_BYTES, guess_content_type
 from ..spec import ImagePromptSpec
+from . import _http
 from .base import Capabilities, GeneratedImage, GenerationRequest, Provider, ProviderResult
 
 if TYPE_CHECKING:
@@ -238,7 +237,7 @@ class OpenAIProvider(Provider):
                 )
             )
         if status == 429:
-            retry_after = retry_after_seconds(exc.response.headers)
+            retry_after = _http.retry_after(exc.response.headers)
             return RateLimited(
                 self._scrub(f"{where}: rate limited by OpenAI (429){ref}: {message}"), retry_after=retry_after
             )
@@ -275,28 +274,6 @@ class OpenAIProvider(Provider):
         if self._api_key:
             text = text.replace(self._api_key, "***")
         return text
-
-
-def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
-    """Seconds to wait from `retry-after-ms`, else `retry-after` (seconds or an HTTP date), else None."""
-    value = headers.get("retry-after-ms")
-    if value is not None:
-        try:
-            return max(0.0, float(value) / 1000)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 def _usage(usage: Any) -> dict[str, Any]:

@@ -14,14 +14,14 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
 
 import httpx
 
-from ..errors import ConfigError, ProviderRejected, ProviderUnavailable, RateLimited
+from ..errors import ConfigError, ProviderRejected, ProviderUnavailable
 from ..webhooks import (
     OutputGone,
     download_output,
@@ -29,9 +29,9 @@ from ..webhooks import (
     poll_deadline,
     poll_settings,
     replicate_event,
-    retry_after,
     webhook_url,
 )
+from ._http import json_object, raise_for_status, retry_after, send
 from .base import Capabilities, GeneratedImage, GenerationRequest, Provider, ProviderResult
 from .stability import nearest_ratio
 
@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("imagen.providers.replicate")
 
 DEFAULT_BASE_URL = "https://api.replicate.com"
+WHO = "Replicate"  # how error messages name the provider
 TERMINAL = frozenset({"succeeded", "failed", "canceled", "aborted"})
 FLUX_RATIOS = ("1:1", "16:9", "21:9", "3:2", "2:3", "4:5", "5:4", "3:4", "4:3", "9:16", "9:21")
 # Any public model ("owner/name") or a pinned version ("owner/name:<64 hex>") may be used.
@@ -208,10 +209,10 @@ class ReplicateProvider(Provider):
         headers = self._auth()
         if self.prefer_wait:
             headers["prefer"] = f"wait={self.prefer_wait}"
-        resp = await _send(http.post(path, json=body, headers=headers))
+        resp = await send(http.post(path, json=body, headers=headers), WHO)
         if resp.status_code >= 300:
             _raise_for(resp, request.model)
-        pred = _Prediction.from_api(_json(resp))
+        pred = _Prediction.from_api(json_object(resp, WHO))
         if not pred.id:
             raise ProviderUnavailable("Replicate answered without a prediction id")
         self._inflight[ctx.job.id] = pred.id
@@ -274,12 +275,12 @@ class ReplicateProvider(Provider):
     async def _get(
         self, http: httpx.AsyncClient, prediction_id: str, *, missing_ok: bool = False
     ) -> _Prediction | None:
-        resp = await _send(http.get(f"/v1/predictions/{prediction_id}", headers=self._auth()))
+        resp = await send(http.get(f"/v1/predictions/{prediction_id}", headers=self._auth()), WHO)
         if resp.status_code == 404 and missing_ok:
             return None
         if resp.status_code >= 300:
             _raise_for(resp, prediction_id)
-        return _Prediction.from_api(_json(resp))
+        return _Prediction.from_api(json_object(resp, WHO))
 
     async def _download(self, http: httpx.AsyncClient, pred: _Prediction) -> bytes:
         if not pred.outputs:
@@ -338,35 +339,19 @@ def _prefer_wait_env() -> int | None:
     return int(raw)
 
 
-async def _send(call: Awaitable[httpx.Response]) -> httpx.Response:
-    try:
-        return await call
-    except httpx.TimeoutException:
-        raise ProviderUnavailable("Replicate did not answer in time") from None
-    except httpx.HTTPError as exc:
-        raise ProviderUnavailable(f"could not reach Replicate ({type(exc).__name__})") from None
-
-
-def _raise_for(resp: httpx.Response, subject: str) -> None:
+def _raise_for(resp: httpx.Response, subject: str) -> NoReturn:
     """Classify an error answer ({"title", "detail", "status"}) into a retryable or permanent error."""
-    status = resp.status_code
     detail = _detail(resp)
-    if status == 429:
-        wait = retry_after(resp)
-        if wait is None and (match := _THROTTLED_FOR.search(detail)):
-            wait = float(match.group(1))
-        raise RateLimited(f"Replicate throttled the request (429): {detail}", retry_after=wait)
-    if status >= 500 or status == 408:
-        raise ProviderUnavailable(f"Replicate failed ({status}): {detail}")
-    if status == 401:
-        raise ProviderRejected(f"Replicate refused the API token (401): {detail}; check REPLICATE_API_TOKEN")
-    if status == 402:
-        raise ProviderRejected(f"Replicate needs billing set up or more credit (402): {detail}")
-    if status == 404:
-        raise ProviderRejected(f"Replicate has no {subject!r} (404): {detail}; check the model name")
-    if status == 422:
-        raise ProviderRejected(f"Replicate rejected the input (422): {detail}")
-    raise ProviderRejected(f"Replicate refused the request ({status}): {detail}")
+    wait = retry_after(resp.headers)
+    if wait is None and resp.status_code == 429 and (match := _THROTTLED_FOR.search(detail)):
+        wait = float(match.group(1))
+    refusals = {
+        401: f"Replicate refused the API token (401): {detail}; check REPLICATE_API_TOKEN",
+        402: f"Replicate needs billing set up or more credit (402): {detail}",
+        404: f"Replicate has no {subject!r} (404): {detail}; check the model name",
+        422: f"Replicate rejected the input (422): {detail}",
+    }
+    raise_for_status(resp, "Replicate", detail, refusals, wait=wait)
 
 
 def _detail(resp: httpx.Response) -> str:
@@ -377,13 +362,3 @@ def _detail(resp: httpx.Response) -> str:
     if isinstance(body, dict):
         return " ".join(str(body.get("detail") or body.get("title") or body).split())[:500]
     return str(body)[:300]
-
-
-def _json(resp: httpx.Response) -> dict[str, Any]:
-    try:
-        body = resp.json()
-    except ValueError:
-        raise ProviderUnavailable(f"Replicate answered {resp.status_code} with a body that is not JSON") from None
-    if not isinstance(body, dict):
-        raise ProviderUnavailable(f"Replicate answered {resp.status_code} with unexpected JSON")
-    return body

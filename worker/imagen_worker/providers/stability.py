@@ -10,22 +10,23 @@ import logging
 import math
 import os
 import time
-from collections.abc import Awaitable
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
 
 import httpx
 
-from ..errors import ConfigError, ProviderRejected, ProviderUnavailable, RateLimited, SpecError
+from ..errors import ConfigError, ProviderRejected, ProviderUnavailable, SpecError
 from ..spec import ImagePromptSpec
-from ..webhooks import poll_settings, retry_after
+from ..webhooks import poll_settings
+from ._http import json_object, raise_for_status, send
 from .base import Capabilities, GeneratedImage, GenerationRequest, Provider, ProviderResult
 
 if TYPE_CHECKING:
     from ..queue import JobContext
 
 log = logging.getLogger("imagen.providers.stability")
+WHO = "Stability"  # how error messages name the provider
 
 DEFAULT_BASE_URL = "https://api.stability.ai"
 ASPECT_RATIOS = ("16:9", "1:1", "21:9", "2:3", "3:2", "4:5", "5:4", "9:16", "9:21")
@@ -155,12 +156,12 @@ class StabilityProvider(Provider):
 
     async def _start(self, http: httpx.AsyncClient, route: Route, request: GenerationRequest) -> GeneratedImage | str:
         """POST the generation; the image, or the id of an asynchronous generation."""
-        resp = await _send(http.post(route.path, files=self._form(route, request), headers={"accept": "image/*"}))
+        resp = await send(http.post(route.path, files=self._form(route, request), headers={"accept": "image/*"}), WHO)
         return _read(resp)
 
     async def _result(self, http: httpx.AsyncClient, result_id: str) -> GeneratedImage | None:
         """One look at an asynchronous generation: the image, or None while it is in progress."""
-        resp = await _send(http.get(f"/v2beta/results/{result_id}", headers={"accept": "image/*"}))
+        resp = await send(http.get(f"/v2beta/results/{result_id}", headers={"accept": "image/*"}), WHO)
         if resp.status_code == 202:
             return None
         if resp.status_code == 404:
@@ -250,15 +251,6 @@ def _sniff(data: bytes) -> str:
     return "application/octet-stream"
 
 
-async def _send(call: Awaitable[httpx.Response]) -> httpx.Response:
-    try:
-        return await call
-    except httpx.TimeoutException:
-        raise ProviderUnavailable("Stability did not answer in time") from None
-    except httpx.HTTPError as exc:
-        raise ProviderUnavailable(f"could not reach Stability ({type(exc).__name__})") from None
-
-
 def _read(resp: httpx.Response) -> GeneratedImage | str:
     """A 200 answer: the image (raw bytes or JSON base64) or a generation id. Errors raise, classified."""
     if resp.status_code >= 300:
@@ -267,7 +259,7 @@ def _read(resp: httpx.Response) -> GeneratedImage | str:
     if content_type.startswith("image/"):
         _check_finish(resp.headers.get("finish-reason"))
         return GeneratedImage(resp.content, seed=_int(resp.headers.get("seed")))
-    body = _json(resp)
+    body = json_object(resp, WHO)
     if isinstance(body.get("image"), str):
         _check_finish(body.get("finish_reason"))
         try:
@@ -291,25 +283,17 @@ def _check_finish(reason: object) -> None:
     raise ProviderUnavailable(f"Stability finished the generation with {str(reason)[:50]!r}")
 
 
-def _raise_for(resp: httpx.Response) -> None:
+def _raise_for(resp: httpx.Response) -> NoReturn:
     """Classify an error answer ({"id", "name", "errors": [...]}) into a retryable or permanent error."""
-    status = resp.status_code
     detail = _detail(resp)
-    if status == 429:
-        raise RateLimited(f"Stability's rate limit was reached (429): {detail}", retry_after=retry_after(resp))
-    if status >= 500 or status == 408:
-        raise ProviderUnavailable(f"Stability failed ({status}): {detail}")
-    if status == 401:
-        raise ProviderRejected(f"Stability refused the API key (401): {detail}; check STABILITY_API_KEY")
-    if status == 402:
-        raise ProviderRejected(f"Stability's account is out of credits (402): {detail}")
-    if status == 403:
-        raise ProviderRejected(f"Stability's content moderation refused the request (403): {detail}; change the prompt")
-    if status == 413:
-        raise ProviderRejected(f"the request is too large for Stability (413): {detail}; use a smaller previous image")
-    if status == 422:
-        raise ProviderRejected(f"Stability could not process the request (422): {detail}")
-    raise ProviderRejected(f"Stability rejected the request ({status}): {detail}")
+    refusals = {
+        401: f"Stability refused the API key (401): {detail}; check STABILITY_API_KEY",
+        402: f"Stability's account is out of credits (402): {detail}",
+        403: f"Stability's content moderation refused the request (403): {detail}; change the prompt",
+        413: f"the request is too large for Stability (413): {detail}; use a smaller previous image",
+        422: f"Stability could not process the request (422): {detail}",
+    }
+    raise_for_status(resp, WHO, detail, refusals)
 
 
 def _detail(resp: httpx.Response) -> str:
@@ -324,16 +308,6 @@ def _detail(resp: httpx.Response) -> str:
         text = "; ".join(parts) or str(body.get("message") or "")
         return f"{name}: {text}"[:500] if name else text[:500] or resp.reason_phrase
     return str(body)[:300]
-
-
-def _json(resp: httpx.Response) -> dict[str, Any]:
-    try:
-        body = resp.json()
-    except ValueError:
-        raise ProviderUnavailable(f"Stability answered {resp.status_code} with a body that is not JSON") from None
-    if not isinstance(body, dict):
-        raise ProviderUnavailable(f"Stability answered {resp.status_code} with unexpected JSON")
-    return body
 
 
 def _int(value: object) -> int | None:
