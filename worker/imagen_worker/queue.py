@@ -446,6 +446,12 @@ class Worker:
                 self._reserved -= n
             for row in rows:
                 job = Job.from_record(row)
+                if job.id in self._running or job.id in self._ready or job.id in self._awaiting_flush:
+                    # This worker already holds the job: its claim was lost (a Postgres crash undid
+                    # an asynchronous claim, ADR 0005) and it came back to us. The handler at work
+                    # (or its finished result) stands for the new claim; running it twice would not.
+                    log.info("job=%s event=reclaimed: already running here; the handler at work goes on", job.id)
+                    continue
                 if len(self._running) < self.config.concurrency:
                     self._start(job)
                 else:
@@ -500,8 +506,16 @@ class Worker:
             self._completions[:0] = batch
             raise
         claimed = [r for r in rows if r["claimed"]]
-        if batch:
-            self._record_done(batch, {r["id"] for r in rows if not r["claimed"]})
+        written = {r["id"] for r in rows if not r["claimed"]}
+        # A finished job this statement could not write because it was pending again (its claim lost
+        # to a crash) and that it claimed back: still ours, so its result goes with the next cycle.
+        again = {r["id"] for r in claimed} - written
+        kept = [(job, res) for job, res in batch if job.id in again]
+        if kept:
+            self._completions.extend(kept)
+            self._flush_wanted.set()
+            batch = [(job, res) for job, res in batch if job.id not in again]
+        self._record_done(batch, written)
         return claimed
 
     async def _idle_timeout(self) -> float:
@@ -676,8 +690,22 @@ class Worker:
             except CONNECTION_ERRORS as exc:
                 log.warning("heartbeat failed (%s)", type(exc).__name__)
                 continue
-            for job_id in ids:
-                if job_id not in kept and (job_id in self._running or job_id in self._ready):
+            lost = [job_id for job_id in ids if job_id not in kept]
+            if lost:
+                try:
+                    kept |= {
+                        r["id"]
+                        for r in await self.pool.fetch(
+                            q("retake_jobs"), self.config.worker_id, lost, self.config.lease_seconds
+                        )
+                    }
+                except CONNECTION_ERRORS as exc:
+                    log.warning("heartbeat could not retake %d jobs (%s)", len(lost), type(exc).__name__)
+                    continue
+            for job_id in lost:
+                if job_id in kept:
+                    log.warning("job=%s event=retaken: pending again while its handler ran here; kept", job_id)
+                elif job_id in self._running or job_id in self._ready:
                     self._abort(job_id, by_owner=False)
 
     async def _maintenance_loop(self) -> None:

@@ -118,6 +118,26 @@ update imagen.jobs
    and locked_by = $1
 returning id
 
+-- name: retake_jobs
+-- Heartbeat, for the jobs renew_leases did not keep: take back those that are simply pending again
+-- (a Postgres crash undid their asynchronous claim, ADR 0005; or a long outage let the reaper
+-- return them) while this worker's handler is still at them. A job another worker holds, or one
+-- cancelled, failed or done meanwhile, is not taken: its handler must stop.
+-- $1 worker id, $2 job ids, $3 lease seconds.
+update imagen.jobs j
+   set status = 'running',
+       locked_by = $1,
+       lease_expires_at = now() + make_interval(secs => $3),
+       attempts = j.attempts + 1,
+       started_at = now()
+ where j.id in (
+         select p.id
+           from imagen.jobs p
+          where p.id = any($2::uuid[])
+            and p.status = 'pending'
+            for update skip locked)
+returning j.id
+
 -- name: reap_expired_leases
 -- Any worker returns jobs whose lease expired to the queue (backoff in run_at), or fails them
 -- when their attempts are spent. $1 batch size, $2 backoff base seconds, $3 backoff cap seconds.
