@@ -469,7 +469,8 @@ class Worker:
         self._running[job.id] = _Running(job, task, time.perf_counter())
 
     async def _cycle(self, n: int) -> list[asyncpg.Record]:
-        """One claim_jobs statement: write the finished jobs waiting to be written, claim up to n.
+        """One statement: write the finished jobs waiting to be written and claim up to n
+        (claim_jobs, committed synchronously), or, with none to write, claim alone (claim_next).
         On a connection error the finished jobs go back to wait for the next cycle."""
         batch, self._completions = self._completions[:MAX_COMPLETIONS], self._completions[MAX_COMPLETIONS:]
         if not batch:
@@ -495,7 +496,7 @@ class Worker:
                 images,
             )
         except asyncpg.PostgresError as exc:
-            if not batch or isinstance(exc, CONNECTION_ERRORS):
+            if isinstance(exc, CONNECTION_ERRORS):
                 self._completions[:0] = batch
                 raise
             # A result the database refuses (a constraint, a bug) must not block every later claim:

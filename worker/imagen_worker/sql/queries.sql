@@ -11,6 +11,8 @@
 -- Finished jobs this worker no longer holds (cancelled, reaped) are skipped, and so are their
 -- images. Claims pick pending jobs in (priority, run_at) order, skipping rows others hold.
 -- Returns the claimed jobs (claimed = true) and the ids written as done (claimed = false).
+-- It commits with the session's synchronous_commit, so a written `done` is durable when the worker
+-- learns of it; a cycle with nothing to write is claim_next, committed asynchronously (ADR 0005).
 with done as (
   update imagen.jobs j
      set status = 'done',
@@ -39,19 +41,13 @@ img as (
     join done d on d.id = i.job_id
 ),
 claimed as (
-  -- A cycle that carries no finished job commits asynchronously (ADR 0005); one that does keeps
-  -- the session's synchronous_commit, so a written `done` is durable when the worker learns of it.
   update imagen.jobs j
      set status = 'running',
          locked_by = $1,
          lease_expires_at = now() + make_interval(secs => $3),
          attempts = j.attempts + 1,
          started_at = now()
-   where (select set_config('synchronous_commit',
-                            case when cardinality($5::uuid[]) = 0 then 'off'
-                                 else current_setting('synchronous_commit') end,
-                            true)) is not null
-     and j.id in (
+   where j.id in (
            select p.id
              from imagen.jobs p
             where p.status = 'pending'
