@@ -40,6 +40,8 @@ from typing import Any
 from aiohttp import web
 from PIL import Image, ImageDraw
 
+from ._server import FakeServer
+
 IMAGEN_SIZES = {"1:1": (1024, 1024), "3:4": (896, 1280), "4:3": (1280, 896), "9:16": (768, 1408), "16:9": (1408, 768)}
 GEMINI_SIZES = {
     "1:1": (1024, 1024),
@@ -114,8 +116,10 @@ def google_error(
     return web.json_response({"error": error}, status=code, headers=headers)
 
 
-class FakeGoogle:
+class FakeGoogle(FakeServer):
     """The fake server. `start()` returns the base URL to give the SDK (`http_options.base_url`)."""
+
+    client_max_size = 64 * 1024 * 1024
 
     def __init__(
         self,
@@ -124,6 +128,7 @@ class FakeGoogle:
         access_token: str = "fake-vertex-access-token",
         retry_after: int = 1,
     ) -> None:
+        super().__init__()
         self.api_key = api_key
         self.access_token = access_token
         self.retry_after = retry_after
@@ -131,31 +136,14 @@ class FakeGoogle:
         self.plan: Plan = lambda _index: None
         self.requests: list[RecordedRequest] = []
         self.faults: Counter[str] = Counter()
-        self._runner: web.AppRunner | None = None
         self.base_url = ""
 
-    async def start(self) -> str:
-        app = web.Application(client_max_size=64 * 1024 * 1024)
+    def _routes(self, app: web.Application) -> None:
         app.router.add_post("/{tail:.*}", self._route)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = self._runner.addresses[0][1]
-        self.base_url = f"http://127.0.0.1:{port}/"
+
+    def _started(self, origin: str) -> str:
+        self.base_url = f"{origin}/"
         return self.base_url
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> FakeGoogle:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     # -- routing and auth -----------------------------------------------------------------------
 

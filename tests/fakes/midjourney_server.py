@@ -32,6 +32,8 @@ import aiohttp
 from aiohttp import web
 from PIL import Image, ImageDraw
 
+from ._server import FakeServer
+
 Plan = Callable[[int], str | None]
 FAIL_REASON = "[Invalid parameter] Invalid value"
 
@@ -54,7 +56,7 @@ class Notification:
     progress: str
 
 
-class FakeMidjourneyProxy:
+class FakeMidjourneyProxy(FakeServer):
     """`async with FakeMidjourneyProxy() as fake:` serves on 127.0.0.1 at `fake.base_url`."""
 
     def __init__(
@@ -64,6 +66,7 @@ class FakeMidjourneyProxy:
         step_seconds: float = 0.2,
         progress_steps: tuple[str, ...] = ("15%", "45%", "80%"),
     ) -> None:
+        super().__init__()
         self.api_secret = api_secret
         self.step_seconds = step_seconds
         self.progress_steps = progress_steps
@@ -77,20 +80,17 @@ class FakeMidjourneyProxy:
         self._submits = 0
         self._files: dict[str, bytes] = {}
         self._runs: set[asyncio.Task[None]] = set()
-        self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
 
-    async def start(self) -> str:
-        app = web.Application()
+    def _routes(self, app: web.Application) -> None:
         app.router.add_post("/mj/submit/imagine", self._imagine)
         app.router.add_get("/mj/task/{id}/fetch", self._fetch)
         app.router.add_get("/attachments/{id}/{name}", self._file)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        self.base_url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+
+    def _started(self, origin: str) -> str:
+        self.base_url = origin
         self._session = aiohttp.ClientSession()
-        return self.base_url
+        return origin
 
     async def stop(self) -> None:
         for run in list(self._runs):
@@ -98,16 +98,7 @@ class FakeMidjourneyProxy:
         await asyncio.gather(*self._runs, return_exceptions=True)
         if self._session is not None:
             await self._session.close()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> FakeMidjourneyProxy:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *_exc: object) -> None:
-        await self.stop()
+        await super().stop()
 
     def fetch_count(self, task_id: str) -> int:
         return self.counts[f"GET /mj/task/{task_id}/fetch"]

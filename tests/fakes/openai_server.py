@@ -35,6 +35,8 @@ from typing import Any
 from aiohttp import BodyPartReader, web
 from PIL import Image, ImageDraw
 
+from ._server import FakeServer
+
 GPT_IMAGE_SIZES = ("1024x1024", "1536x1024", "1024x1536", "auto")
 DALL_E_3_SIZES = ("1024x1024", "1792x1024", "1024x1792")
 # What each model accepts besides prompt/model/n/size/quality (the real API rejects the rest by name).
@@ -91,10 +93,13 @@ def _error(
     return web.json_response(body, status=status, headers=headers)
 
 
-class FakeOpenAI:
+class FakeOpenAI(FakeServer):
     """The fake server. `start()` returns the base URL to give the SDK (ending in /v1)."""
 
+    client_max_size = 64 * 1024 * 1024
+
     def __init__(self, *, api_key: str = "sk-test-fake-openai-key-0123456789", retry_after_ms: int = 50) -> None:
+        super().__init__()
         self.api_key = api_key
         self.retry_after_ms = retry_after_ms
         self.slow_seconds = 1.5
@@ -103,35 +108,18 @@ class FakeOpenAI:
         self.faults: Counter[str] = Counter()
         self.downloads = 0
         self._blobs: dict[str, tuple[bytes, str, str]] = {}
-        self._runner: web.AppRunner | None = None
         self.base_url = ""
 
     # -- lifecycle ------------------------------------------------------------------------------
 
-    async def start(self) -> str:
-        app = web.Application(client_max_size=64 * 1024 * 1024)
+    def _routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/images/generations", self._generations)
         app.router.add_post("/v1/images/edits", self._edits)
         app.router.add_get("/blob/{name}", self._blob)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = self._runner.addresses[0][1]
-        self.base_url = f"http://127.0.0.1:{port}/v1"
+
+    def _started(self, origin: str) -> str:
+        self.base_url = f"{origin}/v1"
         return self.base_url
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> FakeOpenAI:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     def paths(self) -> list[str]:
         return [r.path for r in self.requests]

@@ -43,6 +43,8 @@ from aiohttp import web
 from PIL import Image, ImageDraw
 from standardwebhooks import Webhook
 
+from ._server import FakeServer
+
 # Known models and whether their output is a list of URLs (flux-schnell, -dev) or one URL (1.1-pro).
 MODELS = {
     "black-forest-labs/flux-schnell": True,
@@ -78,7 +80,7 @@ class Delivery:
     body: str
 
 
-class FakeReplicate:
+class FakeReplicate(FakeServer):
     """`async with FakeReplicate() as fake:` serves on 127.0.0.1 at `fake.base_url`."""
 
     def __init__(
@@ -88,6 +90,7 @@ class FakeReplicate:
         webhook_secret: str | None = None,
         run_seconds: float = 0.3,
     ) -> None:
+        super().__init__()
         self.api_token = api_token
         self.webhook_secret = webhook_secret or "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
         self.run_seconds = run_seconds
@@ -104,22 +107,19 @@ class FakeReplicate:
         self._files: dict[str, bytes] = {}
         self._ended: dict[str, asyncio.Event] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
 
-    async def start(self) -> str:
-        app = web.Application()
+    def _routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/models/{owner}/{name}/predictions", self._create_for_model)
         app.router.add_post("/v1/predictions", self._create_for_version)
         app.router.add_get("/v1/predictions/{id}", self._get)
         app.router.add_post("/v1/predictions/{id}/cancel", self._cancel)
         app.router.add_get("/files/{id}/{name}", self._file)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        self.base_url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+
+    def _started(self, origin: str) -> str:
+        self.base_url = origin
         self._session = aiohttp.ClientSession()
-        return self.base_url
+        return origin
 
     async def stop(self) -> None:
         for task in list(self._tasks):
@@ -127,16 +127,7 @@ class FakeReplicate:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._session is not None:
             await self._session.close()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> FakeReplicate:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *_exc: object) -> None:
-        await self.stop()
+        await super().stop()
 
     # -- test controls -----------------------------------------------------------------------------
 

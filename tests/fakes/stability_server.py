@@ -30,6 +30,8 @@ from typing import Any
 from aiohttp import BodyPartReader, web
 from PIL import Image, ImageDraw
 
+from ._server import FakeServer
+
 ASPECT_RATIOS = ("16:9", "1:1", "21:9", "2:3", "3:2", "4:5", "5:4", "9:16", "9:21")
 OUTPUT_FORMATS = {"core": ("png", "jpeg", "webp"), "ultra": ("png", "jpeg", "webp"), "sd3": ("png", "jpeg")}
 SD3_MODELS = ("sd3.5-large", "sd3.5-large-turbo", "sd3.5-medium", "sd3.5-flash")
@@ -90,10 +92,13 @@ class _Result:
     looks: int = 0
 
 
-class FakeStability:
+class FakeStability(FakeServer):
     """`async with FakeStability() as fake:` serves on 127.0.0.1 at `fake.base_url`."""
 
+    client_max_size = 10 * 1024 * 1024
+
     def __init__(self, *, api_key: str = "sk-test-stability-0123456789abcdef", result_polls: int = 2) -> None:
+        super().__init__()
         self.api_key = api_key
         self.result_polls = result_polls
         self.plan: Plan = lambda _i: None
@@ -103,30 +108,15 @@ class FakeStability:
         self.served: list[_Result] = []  # every image answered, in order
         self.base_url = ""
         self._posts = 0
-        self._runner: web.AppRunner | None = None
 
-    async def start(self) -> str:
-        app = web.Application(client_max_size=10 * 1024 * 1024)
+    def _routes(self, app: web.Application) -> None:
         app.router.add_post("/v2beta/stable-image/generate/{route}", self._generate)
         app.router.add_post("/v2beta/stable-image/upscale/creative", self._upscale)
         app.router.add_get("/v2beta/results/{id}", self._result)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        self.base_url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
-        return self.base_url
 
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> FakeStability:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *_exc: object) -> None:
-        await self.stop()
+    def _started(self, origin: str) -> str:
+        self.base_url = origin
+        return origin
 
     # -- routes ------------------------------------------------------------------------------------
 

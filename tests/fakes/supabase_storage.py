@@ -22,6 +22,8 @@ from urllib.parse import quote
 
 from aiohttp import web
 
+from ._server import FakeServer
+
 JWT_SECRET = "super-secret-jwt-token-with-at-least-32-characters-long"
 
 
@@ -96,13 +98,16 @@ def _not_found() -> web.Response:
     return _error("404", "not_found", "Object not found")
 
 
-class FakeSupabaseStorage:
+class FakeSupabaseStorage(FakeServer):
     """The storage API of one fake project, on 127.0.0.1 and a free port.
 
     `url` is the project URL (what SUPABASE_URL holds); the API lives under `/storage/v1/`.
     """
 
+    client_max_size = 64 * 1024 * 1024
+
     def __init__(self, *, jwt_secret: str = JWT_SECRET) -> None:
+        super().__init__()
         self.jwt_secret = jwt_secret
         self.service_role_key = api_key("service_role", jwt_secret)
         self.anon_key = api_key("anon", jwt_secret)
@@ -111,7 +116,6 @@ class FakeSupabaseStorage:
         self.clock_offset = 0.0
         self._fail_uploads = 0
         self._fail_status = 503
-        self._runner: web.AppRunner | None = None
         self.url = ""
 
     # -- control -------------------------------------------------------------------------------
@@ -138,8 +142,7 @@ class FakeSupabaseStorage:
     def uploads(self) -> list[RecordedRequest]:
         return [r for r in self.requests if r.method in ("POST", "PUT") and _is_object_write(r.path)]
 
-    async def start(self) -> str:
-        app = web.Application(middlewares=[self._record], client_max_size=64 * 1024 * 1024)
+    def _routes(self, app: web.Application) -> None:
         prefix = "/storage/v1/object"
         app.router.add_get(prefix + "/public/{bucket}/{path:.+}", self._get_public)
         app.router.add_post(prefix + "/sign/{bucket}/{path:.+}", self._sign)
@@ -150,25 +153,13 @@ class FakeSupabaseStorage:
         app.router.add_put(prefix + "/{bucket}/{path:.+}", self._upload)
         app.router.add_get(prefix + "/{bucket}/{path:.+}", self._download)
         app.router.add_delete(prefix + "/{bucket}", self._remove)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = self._runner.addresses[0][1]
-        self.url = f"http://127.0.0.1:{port}"
-        return self.url
 
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+    def _middlewares(self) -> list[Any]:
+        return [self._record]
 
-    async def __aenter__(self) -> FakeSupabaseStorage:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
+    def _started(self, origin: str) -> str:
+        self.url = origin
+        return origin
 
     # -- plumbing ------------------------------------------------------------------------------
 
