@@ -1,6 +1,7 @@
 """What the providers that speak HTTP themselves (Replicate, Stability, the Midjourney proxy) share:
-a request whose timeout or lost connection is retryable, a JSON object body, a server's Retry-After,
-and the status classes every provider treats alike."""
+a request whose timeout or lost connection is retryable, a JSON object body and the status classes
+every provider treats alike; and a server's Retry-After, which the SDK providers (OpenAI, Google)
+read from their errors' headers too."""
 
 from __future__ import annotations
 
