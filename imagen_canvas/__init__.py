@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from imagen_worker import ImagePromptSpec, local_owner_id
 
+from .canvas import Canvas, canvases
+from .runtime import configure
+
 __version__ = "0.1.0"
 
-__all__ = ["ImagePromptSpec", "__version__", "local_owner_id"]
+__all__ = ["Canvas", "ImagePromptSpec", "__version__", "canvases", "configure", "local_owner_id"]
