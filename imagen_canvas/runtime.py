@@ -16,6 +16,7 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import logging
+import os
 import threading
 import uuid
 from collections.abc import Callable, Coroutine
@@ -29,7 +30,7 @@ from imagen_worker.db import create_pool, resolve_database_url
 from imagen_worker.jobs import default_owner_id
 from imagen_worker.queue import Worker, WorkerConfig
 from imagen_worker.service import EventFeed, Router, Service, ServiceConfig
-from imagen_worker.storage import Storage, storage_from_settings
+from imagen_worker.storage import LocalStorage, Storage, storage_from_settings
 
 T = TypeVar("T")
 log = logging.getLogger("imagen.notebook")
@@ -117,6 +118,10 @@ class Runtime:
         self.url = await asyncio.to_thread(resolve_database_url, self.settings.database_url, env)
         self.pool = await create_pool(self.url, min_size=1, max_size=4)
         self.storage = storage_from_settings(env)
+        if isinstance(self.storage, LocalStorage):
+            # URLs a browser of this Jupyter loads through the server extension's files route.
+            prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX") or "/"
+            self.storage.url_prefix = prefix.rstrip("/") + "/imagen/files"
         overrides: dict[str, Any] = {"sign_urls": False}
         if self.settings.default_provider:
             overrides["default_provider"] = self.settings.default_provider

@@ -25,6 +25,7 @@ from .errors import ImagenError
 from .jobs import default_owner_id, list_jobs
 from .migrate import migrate as run_migrations
 from .queue import Worker, WorkerConfig
+from .scheduling import BATCH
 from .service import Service, ServiceConfig
 
 T = TypeVar("T")
@@ -232,7 +233,13 @@ def _spec_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--seed", type=int, default=None),
         click.option("--negative-prompt", default=None),
         click.option("--style", "style_modifiers", multiple=True, help="A style modifier (repeatable)."),
-        click.option("--priority", type=int, default=None, help="Lower runs first [0]."),
+        click.option(
+            "--priority",
+            type=click.IntRange(0, 199),
+            default=None,
+            help="Lower runs first: 0-99 interactive, 100-199 batch [50; with --batch 150].",
+        ),
+        click.option("--batch", is_flag=True, help="Queue at batch priority (behind interactive work)."),
         click.option("--idempotency-key", default=None, help="A repeat with the same key returns the first job."),
         click.option("--option", "options", multiple=True, help="Provider option KEY=JSON (repeatable)."),
     ]
@@ -245,6 +252,8 @@ def _job_body(prompt: str, kw: dict[str, Any]) -> tuple[uuid.UUID, str | None, d
     """(owner, idempotency key, the `POST jobs` body) from the command's options."""
     owner = _owner(kw.pop("owner"))
     key = kw.pop("idempotency_key")
+    if kw.pop("batch") and kw.get("priority") is None:
+        kw["priority"] = BATCH
     options: dict[str, Any] = {}
     for item in kw.pop("options"):
         name, sep, raw = item.partition("=")
