@@ -603,7 +603,6 @@ def sweep(
 def _takes_seed(rt: Runtime, provider: str | None, model: str | None) -> bool:
     from imagen_worker.errors import SpecError
     from imagen_worker.providers import ProviderRegistry
-
     from imagen_worker.service import ServiceConfig
 
     try:
