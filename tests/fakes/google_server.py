@@ -14,7 +14,11 @@ implies, base64 in `bytesBase64Encoded` (Imagen) or `inlineData.data` (Gemini).
 
 Faults are scripted by `plan`, a function from the 0-based index of an API request to a fault name:
 
-- `rate_limit`: 429 `RESOURCE_EXHAUSTED` with `Retry-After` and a `google.rpc.RetryInfo` detail
+- `rate_limit`: 429 `RESOURCE_EXHAUSTED` as each API sends it, with no `Retry-After` header: on the Gemini
+  API with `google.rpc.QuotaFailure`, `Help` and `RetryInfo` details (`retryDelay` is `retry_after`
+  seconds); on Vertex AI a quota message and no details, so nothing says how long to wait
+- `rate_limit_retry_after`: 429 `RESOURCE_EXHAUSTED` with a `Retry-After` header (`retry_after` seconds) and
+  no details, as a gateway in front of the API may answer
 - `server_error`: 500 `INTERNAL`; `unavailable`: 503 `UNAVAILABLE` ("The model is overloaded")
 - `content_policy`: Imagen's 400 `INVALID_ARGUMENT` refusal ("... violate Google's Responsible AI practices")
 - `rai_filtered`: Imagen's 200 answer whose only prediction is a `raiFilteredReason`
@@ -196,19 +200,52 @@ class FakeGoogle(FakeServer):
         return await self._generate_content(model, body)
 
     def _fault(self, fault: str, mode: str, model: str) -> web.Response:
+        if fault == "rate_limit" and mode == "vertex":
+            return google_error(
+                429,
+                "RESOURCE_EXHAUSTED",
+                f"Quota exceeded for aiplatform.googleapis.com/online_prediction_requests_per_base_model with base "
+                f"model: {model}. Please submit a quota increase request. https://cloud.google.com/vertex-ai/docs/generative-ai/quotas-genai.",
+            )
         if fault == "rate_limit":
-            if mode == "vertex":
-                message = (
-                    f"Quota exceeded for aiplatform.googleapis.com/online_prediction_requests_per_base_model with base "
-                    f"model: {model}. Please submit a quota increase request. https://cloud.google.com/vertex-ai/docs/generative-ai/quotas-genai."
-                )
-            else:
-                message = (
-                    "You exceeded your current quota, please check your plan and billing details. For more information "
-                    "on this error, head to: https://ai.google.dev/gemini-api/docs/rate-limits."
-                )
-            details = [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": f"{self.retry_after}s"}]
-            return google_error(429, "RESOURCE_EXHAUSTED", message, details, **{"Retry-After": str(self.retry_after)})
+            metric = "generativelanguage.googleapis.com/generate_content_free_tier_requests"
+            message = (
+                "You exceeded your current quota, please check your plan and billing details. For more information "
+                "on this error, head to: https://ai.google.dev/gemini-api/docs/rate-limits.\n"
+                f"* Quota exceeded for metric: {metric}, limit: 10, model: {model}\n"
+                f"Please retry in {self.retry_after}.{secrets.randbelow(10**9):09d}s."
+            )
+            details = [
+                {
+                    "@type": "type.googleapis.com/google.rpc.QuotaFailure",
+                    "violations": [
+                        {
+                            "quotaMetric": metric,
+                            "quotaId": "GenerateRequestsPerMinutePerProjectPerModel-FreeTier",
+                            "quotaDimensions": {"location": "global", "model": model},
+                            "quotaValue": "10",
+                        }
+                    ],
+                },
+                {
+                    "@type": "type.googleapis.com/google.rpc.Help",
+                    "links": [
+                        {
+                            "description": "Learn more about Gemini API quotas",
+                            "url": "https://ai.google.dev/gemini-api/docs/rate-limits",
+                        }
+                    ],
+                },
+                {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": f"{self.retry_after}s"},
+            ]
+            return google_error(429, "RESOURCE_EXHAUSTED", message, details)
+        if fault == "rate_limit_retry_after":
+            return google_error(
+                429,
+                "RESOURCE_EXHAUSTED",
+                "Resource exhausted. Please try again later.",
+                **{"Retry-After": str(self.retry_after)},
+            )
         if fault == "server_error":
             return google_error(500, "INTERNAL", "Internal error encountered.")
         if fault == "unavailable":
