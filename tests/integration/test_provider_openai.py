@@ -78,8 +78,30 @@ async def test_gpt_image_1_job_runs_from_insert_to_done_and_lands_in_the_store(
         "quality": "low",
         "output_format": "png",
     }
-    # The exact cost from the answer's token usage, not a price table's estimate: 3 text tokens at $5/M + 272 output tokens at $40/M.
-    assert await db.fetchval("select cost_usd from imagen.jobs where id = $1", job_id) == Decimal("0.010895")
+    # The exact cost from the answer's token usage, not a price table's estimate: 3 text tokens at $5/M + the
+    # 400 output tokens a low-quality 1536x1024 image bills, at $40/M.
+    assert await db.fetchval("select cost_usd from imagen.jobs where id = $1", job_id) == Decimal("0.016015")
+
+
+@pytest.mark.parametrize(
+    ("size", "quality", "cost"),
+    [
+        # OpenAI's documented output tokens for each size and quality, at $40/M, + 3 text tokens at $5/M.
+        ("1024x1024", "low", "0.010895"),  # 272 tokens
+        ("1024x1536", "low", "0.016335"),  # 408
+        ("1024x1024", "medium", "0.042255"),  # 1056
+        ("1536x1024", "medium", "0.062735"),  # 1568
+        ("1024x1536", "high", "0.249615"),  # 6240
+        ("1536x1024", "high", "0.248335"),  # 6208
+    ],
+)
+async def test_gpt_image_1_cost_is_the_price_of_the_output_tokens_of_its_size_and_quality(
+    db: asyncpg.Connection, db_url: str, tmp_path: Path, fake: FakeOpenAI, size: str, quality: str, cost: str
+) -> None:
+    job_id = await submit(db, "gpt-image-1", prompt="a red fox", size=size, quality=quality)
+    async with openai_worker(db_url, tmp_path, OpenAIProvider(api_key=fake.api_key, base_url=fake.base_url)):
+        assert await wait_for_status(db, [job_id], timeout=20) == {job_id: "done"}
+    assert await db.fetchval("select cost_usd from imagen.jobs where id = $1", job_id) == Decimal(cost)
 
 
 async def test_dall_e_3_url_answer_is_downloaded_and_its_revised_prompt_kept_in_the_events(
