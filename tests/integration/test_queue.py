@@ -249,9 +249,10 @@ async def test_cancelling_a_running_job_aborts_its_handler(db: asyncpg.Connectio
         assert await db.fetchval("select imagen.cancel_job($1)", job_id) == "cancelled"
         await asyncio.wait_for(aborted.wait(), 5)
         abort_s = time.monotonic() - t0
-        # The worker goes on with other work.
-        other = await sql_insert(db, "next", spec={"options": {}})
+        # The worker goes on with other work. (Cleared before the job is queued: the worker can start it
+        # before the INSERT's answer reaches this test.)
         started.clear()
+        other = await sql_insert(db, "next", spec={"options": {}})
         await asyncio.wait_for(started.wait(), 10)
         await db.fetchval("select imagen.cancel_job($1)", other)
         await wait_for_status(db, [other], ["cancelled"])
