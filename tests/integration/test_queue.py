@@ -243,6 +243,9 @@ async def test_cancelling_a_running_job_aborts_its_handler(db: asyncpg.Connectio
         return await pipeline(ctx)
 
     async with running_worker(db_url, long_job) as worker:
+        # The cancel must reach the handler through imagen_job_signals: once the worker LISTENs. (A job
+        # claimed before that, at start-up, would learn of it only at its next heartbeat.)
+        await wait_for_listeners(db)
         job_id = await sql_insert(db)
         await asyncio.wait_for(started.wait(), 10)
         t0 = time.monotonic()
@@ -475,6 +478,7 @@ async def test_cancelling_a_prefetched_job_drops_it_before_it_starts(db: asyncpg
 
     first = await sql_insert(db, "first")
     async with running_worker(db_url, handler, WorkerConfig(concurrency=1, prefetch=1)) as worker:
+        await wait_for_listeners(db)  # the cancel below reaches the worker through imagen_job_signals
         await wait_for_status(db, [first], ["running"])
         second = await sql_insert(db, "second")
         await wait_for_status(db, [second], ["running"])  # claimed into the prefetch buffer
