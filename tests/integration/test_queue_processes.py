@@ -30,6 +30,7 @@ from ..helpers import (
     wait_for_lines,
     wait_for_listeners,
     wait_for_status,
+    wait_until,
 )
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.slow]
@@ -279,17 +280,21 @@ async def test_a_postgres_crash_right_after_claims_loses_no_job_and_runs_none_tw
     await conn.close()
     runs: dict[uuid.UUID, int] = {}
     all_started = asyncio.Event()
+    held_again = asyncio.Event()
 
     async def handler(ctx: JobContext) -> None:
         runs[ctx.job.id] = runs.get(ctx.job.id, 0) + 1
         if len(runs) == 4:
             all_started.set()
-        await asyncio.sleep(1.5)
+        # At work until the worker holds the job again after the crash, however long recovery takes: the
+        # case under test. (A handler that finished while the database was still recovering is another
+        # case, not this test's.)
+        await held_again.wait()
 
     config = WorkerConfig(
         concurrency=4, lease_seconds=3, poll_interval=0.5, retry_base_seconds=0.05, retry_cap_seconds=0.2
     )
-    async with running_worker(url, handler, config):
+    async with running_worker(url, handler, config) as worker:
         conn = await asyncpg.connect(url)
         ids = [
             await conn.fetchval(
@@ -304,6 +309,16 @@ async def test_a_postgres_crash_right_after_claims_loses_no_job_and_runs_none_tw
         conn = await asyncpg.connect(url)
         await init_connection(conn)
         try:
+            # Each claim either survived the crash or was undone and taken back by the worker.
+            await wait_until(
+                lambda: conn.fetchval(
+                    "select count(*) = 4 from imagen.jobs where status = 'running' and locked_by = $1",
+                    worker.config.worker_id,
+                ),
+                "the worker holds all four jobs again",
+                timeout=30,
+            )
+            held_again.set()
             await wait_for_status(conn, ids, ["done"], timeout=30)
             rows = await conn.fetch("select status from imagen.jobs where id = any($1::uuid[])", ids)
         finally:
