@@ -120,10 +120,12 @@ def template_db(pg_admin_url: str) -> Iterator[str]:
 
 @pytest.fixture
 def empty_db_url(pg_admin_url: str) -> Iterator[str]:
-    """A fresh, unmigrated database."""
+    """A fresh, unmigrated database. At teardown it is scanned for base64 image data like `db_url`'s
+    (the tests migrate it, and may run jobs in it)."""
     name = f"imagen_e_{uuid.uuid4().hex[:12]}"
     run_sync(lambda: _create_database(pg_admin_url, name))
-    yield url_for(pg_admin_url, name)
+    yield (url := url_for(pg_admin_url, name))
+    run_sync(lambda: assert_no_base64_images(url))
     run_sync(lambda: _drop_database(pg_admin_url, name))
 
 

@@ -1,10 +1,13 @@
-"""Shared test helpers: run a Worker in-process, wait for job states, make pipelines on a local store."""
+"""Shared test helpers: run a Worker in-process, wait for job states and other conditions, make
+pipelines on a local store."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import inspect
 import io
+import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -68,6 +71,67 @@ async def wait_for_status(
             waiting = {k: v for k, v in got.items() if v not in statuses}
             raise TimeoutError(f"jobs not in {statuses} after {timeout} s: {waiting}")
         await asyncio.sleep(0.02)
+
+
+async def wait_until(condition: Callable[[], Any], what: str, timeout: float = 15.0) -> Any:
+    """Poll `condition` (sync, or returning an awaitable) until it gives something truthy, and return
+    that. AssertionError naming `what` when `timeout` seconds pass first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not so after {timeout:g} s")
+        await asyncio.sleep(0.02)
+
+
+# A worker's listener LISTENs on imagen_jobs, then on imagen_job_signals: once a session's last statement
+# is the second, idle, that worker hears both channels.
+_LISTENERS = """
+select coalesce(array_agg(pid order by pid), '{}') from pg_stat_activity
+ where datname = current_database() and state = 'idle' and query ilike 'listen%imagen_job_signals%'
+"""
+
+
+async def listener_pids(conn: asyncpg.Connection) -> list[int]:
+    """The backend pids of the sessions of this database that LISTEN like a worker's listener."""
+    return list(await conn.fetchval(_LISTENERS))
+
+
+async def wait_for_listeners(
+    conn: asyncpg.Connection, n: int = 1, *, besides: Sequence[int] = (), timeout: float = 15.0
+) -> list[int]:
+    """Wait until `n` workers' listeners (other than the sessions `besides`) are LISTENing on this database."""
+
+    async def ready() -> list[int] | None:
+        pids = [p for p in await listener_pids(conn) if p not in besides]
+        return pids if len(pids) >= n else None
+
+    pids: list[int] = await wait_until(ready, f"{n} worker listener(s) LISTENing", timeout)
+    return pids
+
+
+async def wait_for_lines(
+    log: Path, text: str, n: int, proc: subprocess.Popen[bytes], timeout: float = 30.0
+) -> list[str]:
+    """The lines of `log` holding `text`, once there are `n`. AssertionError if `proc` exits or
+    `timeout` seconds pass first (with the log, to see why)."""
+
+    def lines() -> list[str] | None:
+        found = [line for line in log.read_text(errors="replace").splitlines() if text in line]
+        if len(found) >= n:
+            return found
+        assert proc.poll() is None, f"the worker exited ({proc.returncode}) before {n} {text!r} lines"
+        return None
+
+    try:
+        found: list[str] = await wait_until(lines, f"{n} {text!r} lines in {log.name}", timeout)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{log.read_text(errors='replace')}") from None
+    return found
 
 
 def local_pipeline(store_dir: Path, providers: dict[str, Callable[[], Provider]] | None = None) -> ImagePipeline:
