@@ -59,8 +59,10 @@ def e2e_env(e2e_db: str, e2e_dir: Path) -> dict[str, str]:
     }
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def browser() -> Iterator[Any]:
+    """Chromium for one test: Playwright's sync API keeps an event loop running while it is open,
+    which would break every asyncio test after it in the session."""
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium (.ci/run installs it)")
     from playwright.sync_api import sync_playwright

@@ -20,7 +20,7 @@ from PIL import Image
 
 from imagen_worker.db import create_pool
 from imagen_worker.errors import ProviderRejected, ProviderUnavailable, RateLimited
-from imagen_worker.jobs import cancel_job, submit_job
+from imagen_worker.jobs import submit_job
 from imagen_worker.providers import GenerationRequest
 from imagen_worker.providers.replicate import ReplicateProvider
 from imagen_worker.queue import WorkerConfig
@@ -175,7 +175,7 @@ async def test_cancelling_the_job_cancels_the_prediction_upstream(
 
         await until(recorded)
         prediction_id = await db.fetchval("select provider_job_id from imagen.jobs where id = $1", job_id)
-        assert await cancel_job(db, job_id) == "cancelled"
+        assert await db.fetchval("select imagen.cancel_job($1)", job_id) == "cancelled"
 
         async def cancelled_upstream() -> bool:
             return fake.cancelled == [prediction_id]

@@ -70,3 +70,26 @@ async def test_a_failure_that_cannot_be_recorded_frees_the_slot_and_the_lease_re
         # it and the freed slot runs it again.
         assert (await wait_for_status(db, [job_id], timeout=20))[job_id] == "done"
     assert calls == 2
+
+
+async def test_a_finished_job_pending_again_before_its_result_is_written_is_taken_back_not_run_twice(
+    db: asyncpg.Connection, db_url: str
+) -> None:
+    runs = 0
+
+    async def handler(ctx: JobContext) -> JobResult | None:
+        nonlocal runs
+        runs += 1
+        # As a Postgres crash that lost the asynchronous claim would leave it: pending again, and not
+        # due for a while (so no claim can take it back; only the result's write can notice).
+        await ctx.pool.execute(
+            "update imagen.jobs set status = 'pending', locked_by = null, lease_expires_at = null, "
+            "run_at = now() + interval '1 hour' where id = $1",
+            ctx.job.id,
+        )
+        return None
+
+    async with running_worker(db_url, handler, WorkerConfig(poll_interval=0.1)):
+        job_id = await _insert(db)
+        assert (await wait_for_status(db, [job_id], timeout=15))[job_id] == "done"
+    assert runs == 1

@@ -525,6 +525,17 @@ class Worker:
         # A finished job this statement could not write because it was pending again (its claim lost
         # to a crash) and that it claimed back: still ours, so its result goes with the next cycle.
         again = {r["id"] for r in claimed} - written
+        # One this statement neither wrote nor claimed back (a flush, which claims nothing, or a job not
+        # yet due) is taken back by id when it is merely pending again; otherwise it was cancelled or
+        # another worker holds it, and its result is dropped.
+        unwritten = [job.id for job, _ in batch if job.id not in written and job.id not in again]
+        if unwritten:
+            again |= {
+                r["id"]
+                for r in await self.pool.fetch(
+                    q("retake_jobs"), self.config.worker_id, unwritten, self.config.lease_seconds
+                )
+            }
         kept = [(job, res) for job, res in batch if job.id in again]
         if kept:
             self._completions.extend(kept)
