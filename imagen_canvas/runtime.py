@@ -29,7 +29,7 @@ from imagen_worker.config import Settings
 from imagen_worker.db import create_pool, resolve_database_url
 from imagen_worker.jobs import default_owner_id
 from imagen_worker.queue import Worker, WorkerConfig
-from imagen_worker.service import EventFeed, Router, Service, ServiceConfig
+from imagen_worker.service import EventFeed, Router, Service, ServiceConfig, login_owner
 from imagen_worker.storage import LocalStorage, Storage, storage_from_settings
 
 T = TypeVar("T")
@@ -117,6 +117,9 @@ class Runtime:
             env = dataclasses.replace(env, storage=self.settings.storage)
         self.url = await asyncio.to_thread(resolve_database_url, self.settings.database_url, env)
         self.pool = await create_pool(self.url, min_size=1, max_size=4)
+        login = await login_owner(self.pool)
+        if login is not None:
+            self.owner = login  # a JupyterHub user's own login: the database says whose
         self.storage = storage_from_settings(env)
         if isinstance(self.storage, LocalStorage):
             # URLs a browser of this Jupyter loads through the server extension's files route.
@@ -126,9 +129,11 @@ class Runtime:
         if self.settings.default_provider:
             overrides["default_provider"] = self.settings.default_provider
         config = ServiceConfig.from_env(**overrides)
-        self.service = Service(self.pool, self.storage, config=config)
+        self.service = Service(self.pool, self.storage, config=config, login_owner=login)
         self.router = Router(self.service, health_extra=self._health_extra)
-        self.feed = EventFeed(self.url, self.pool, worker_stale_seconds=config.worker_stale_seconds)
+        self.feed = EventFeed(
+            self.url, self.pool, worker_stale_seconds=config.worker_stale_seconds, login_scoped=login is not None
+        )
         await self.feed.start()
         await self.feed.wait_listening()
         self._env = env

@@ -11,3 +11,8 @@ if [ ! -f "$stamp" ] || [ -n "$(find pyproject.toml worker/pyproject.toml server
   .venv/bin/python -m pip install -q -e "./worker[all]" -e ./server_ext -e ".[dev]" "jupyterlab>=4.2,<5"
   touch "$stamp"
 fi
+# configurable-http-proxy (npm) for the JupyterHub tests and a hub on this machine.
+if [ ! -x .venv/chp/node_modules/.bin/configurable-http-proxy ]; then
+  mkdir -p .venv/chp
+  npm install --prefix .venv/chp --no-audit --no-fund --loglevel=error configurable-http-proxy@5 >/dev/null
+fi

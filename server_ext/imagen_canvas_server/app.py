@@ -18,10 +18,10 @@ from traitlets import Bool, Enum, Float, Int, Unicode, default
 from imagen_worker.config import Settings
 from imagen_worker.db import create_pool, resolve_database_url
 from imagen_worker.embedded import release_embedded
-from imagen_worker.jobs import default_owner_id
+from imagen_worker.jobs import default_owner_id, hub_owner_id
 from imagen_worker.pipeline import ImagePipeline
 from imagen_worker.queue import Worker, WorkerConfig
-from imagen_worker.service import EventFeed, Router, Service, ServiceConfig
+from imagen_worker.service import EventFeed, Router, Service, ServiceConfig, login_owner
 from imagen_worker.storage import Storage, storage_from_settings
 from imagen_worker.webhooks import WebhookReceiver
 
@@ -178,6 +178,15 @@ class ImagenCanvasApp(ExtensionApp):
             if not configured:
                 services.embedded_data_dir = env.data_dir
             services.pool = await create_pool(url, min_size=1, max_size=6)
+            owner = await login_owner(services.pool)
+            if owner is not None:
+                # A JupyterHub user's own login (ADR 0008): the owner is the database's, and it must be
+                # the user this server belongs to.
+                hub_user = os.environ.get("JUPYTERHUB_USER")
+                if hub_user and hub_owner_id(hub_user) != owner:
+                    raise RuntimeError(f"the database login belongs to another user than {hub_user}; "
+                                       "check the IMAGEN_DATABASE_URL the spawner gave this server")
+                services.owner = owner
             services.storage = self._storage(env)
             overrides: dict[str, Any] = {}
             if self.default_provider:
@@ -185,9 +194,13 @@ class ImagenCanvasApp(ExtensionApp):
             if self.max_pending_jobs is not None:
                 overrides["max_pending"] = self.max_pending_jobs
             config = ServiceConfig.from_env(**overrides)
-            services.service = Service(services.pool, services.storage, config=config)
+            services.service = Service(services.pool, services.storage, config=config, login_owner=owner)
             services.feed = EventFeed(
-                url, services.pool, queue_size=self.websocket_queue, worker_stale_seconds=config.worker_stale_seconds
+                url,
+                services.pool,
+                queue_size=self.websocket_queue,
+                worker_stale_seconds=config.worker_stale_seconds,
+                login_scoped=owner is not None,
             )
             await services.feed.start()
             services.webhooks = WebhookReceiver.from_env(services.pool)

@@ -24,6 +24,7 @@ EXPECTED_TABLES = {
     "canvas_nodes",
     "canvas_edges",
     "workers",
+    "users",
     "provider_limits",
     "provider_slots",
     "schema_migrations",

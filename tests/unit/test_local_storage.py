@@ -15,6 +15,7 @@ import pytest
 
 from imagen_worker.errors import ConfigError, StorageRejected, StorageUnavailable
 from imagen_worker.storage import LocalStorage, load_signing_key
+from imagen_worker.storage import local as local_storage
 
 pytestmark = pytest.mark.asyncio
 
@@ -56,12 +57,12 @@ async def test_put_replaces_and_delete_is_idempotent(store: LocalStorage) -> Non
 async def test_a_full_disk_is_unavailable_and_leaves_no_partial_file(
     store: LocalStorage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def write_half_then_fail(self: Path, data: bytes) -> int:
-        with open(self, "wb") as f:
+    def write_half_then_fail(path: Path, data: bytes) -> None:
+        with open(path, "wb") as f:
             f.write(data[: len(data) // 2])
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(Path, "write_bytes", write_half_then_fail)
+    monkeypatch.setattr(local_storage, "_write_private", write_half_then_fail)
     with pytest.raises(
         StorageUnavailable, match=r"local store could not write job\.png: No space left on device"
     ) as err:
@@ -192,3 +193,27 @@ async def test_a_generated_signing_key_is_kept_private_and_reused(
     assert len(first) >= 32
     assert (tmp_path / "data" / "url-signing.key").stat().st_mode & 0o777 == 0o600
     assert load_signing_key(tmp_path / "data") == first
+
+
+async def test_objects_are_private_to_their_owner_and_the_store_only_traversable(store: LocalStorage) -> None:
+    await store.put("owner-a/job.png", b"png bytes", "image/png")
+    assert (store.root.stat().st_mode & 0o777) == 0o711
+    assert ((store.root / "images").stat().st_mode & 0o777) == 0o711
+    assert ((store.root / "images" / "owner-a").stat().st_mode & 0o777) == 0o700
+    assert ((store.root / "images" / "owner-a" / "job.png").stat().st_mode & 0o777) == 0o600
+
+
+async def test_a_pool_hands_each_owners_folder_and_objects_to_that_owners_uid(tmp_path: Path) -> None:
+    import os
+
+    asked: list[str] = []
+
+    async def uid_of(owner: str) -> int | None:
+        asked.append(owner)
+        return os.getuid()  # the only uid a test can chown to without privileges
+
+    store = LocalStorage(tmp_path / "store", signing_key=b"k" * 20, owner_uids=uid_of)
+    await store.put("owner-b/sub/job.png", b"png bytes", "image/png")
+    assert asked == ["owner-b"]
+    target = tmp_path / "store" / "images" / "owner-b" / "sub" / "job.png"
+    assert target.stat().st_uid == os.getuid() and (target.stat().st_mode & 0o777) == 0o600

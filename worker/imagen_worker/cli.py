@@ -274,12 +274,14 @@ def _job_body(prompt: str, kw: dict[str, Any]) -> tuple[uuid.UUID, str | None, d
 @asynccontextmanager
 async def _service(database_url: str | None, settings: Settings) -> AsyncIterator[tuple[str, Service]]:
     """The service layer on a small pool (the CLI is one more transport over it)."""
+    from .service import login_owner
     from .storage import storage_from_settings
 
     url = resolve_database_url(database_url, settings)
     pool = await create_pool(url, min_size=1, max_size=2)
     try:
-        yield url, Service(pool, storage_from_settings(settings), config=ServiceConfig.from_env(sign_urls=False))
+        config = ServiceConfig.from_env(sign_urls=False)
+        yield url, Service(pool, storage_from_settings(settings), config=config, login_owner=await login_owner(pool))
     finally:
         await pool.close()
 
@@ -295,7 +297,7 @@ def submit(database_url: str | None, prompt: str, as_json: bool, **kw: Any) -> N
 
     async def go() -> None:
         async with _service(database_url, Settings.from_env()) as (_, service):
-            job = await service.create_job(owner, body, idempotency_key=key)
+            job = await service.create_job(service.login_owner or owner, body, idempotency_key=key)
         click.echo(json.dumps(job) if as_json else job["id"])
         if job["waiting_for_worker"] and not as_json:
             click.echo(f"waiting: {job['waiting_for_worker']}", err=True)
@@ -329,22 +331,26 @@ def generate(
 
     async def go() -> None:
         async with _service(database_url, settings) as (url, service):
-            feed = EventFeed(url, service.pool)
+            me = service.login_owner or owner
+            feed = EventFeed(url, service.pool, login_scoped=service.login_owner is not None)
             await feed.start()
             worker: Worker | None = None
             worker_task: asyncio.Task[None] | None = None
             bar = tqdm(total=100, desc="pending", unit="%", file=sys.stderr, leave=True)
             try:
                 await feed.wait_listening()
-                events = await feed.subscribe(owner)
+                events = await feed.subscribe(me)
                 if local_worker:
                     from .pipeline import ImagePipeline
                     from .storage import storage_from_settings
 
-                    worker = Worker(url, ImagePipeline(storage_from_settings(settings)),
-                                    WorkerConfig(concurrency=2, scope="owner", owner_user_id=owner))
+                    worker = Worker(
+                        url,
+                        ImagePipeline(storage_from_settings(settings)),
+                        WorkerConfig(concurrency=2, scope="owner", owner_user_id=me),
+                    )
                     worker_task = asyncio.create_task(worker.run())
-                job = await service.create_job(owner, body, idempotency_key=key)
+                job = await service.create_job(me, body, idempotency_key=key)
                 click.echo(f"job {job['id']}", err=True)
                 deadline = time.monotonic() + timeout
                 while job["status"] not in ("done", "failed", "cancelled"):
@@ -359,7 +365,7 @@ def generate(
                         )
                     with contextlib.suppress(asyncio.TimeoutError):
                         await asyncio.wait_for(events.get(), min(remaining, 1.0))
-                    job = await service.get_job(owner, job["id"])
+                    job = await service.get_job(me, job["id"])
                 bar.set_description(job["status"])
                 bar.n = 100 if job["status"] == "done" else bar.n
                 bar.refresh()
@@ -371,7 +377,7 @@ def generate(
                     await worker_task
             if job["status"] != "done":
                 raise click.ClickException(f"job {job['id']} {job['status']}: {job['error']}")
-            _, data = await service.image_content(owner, job["image_id"])
+            _, data = await service.image_content(me, job["image_id"])
         await asyncio.to_thread(output.write_bytes, data)
         click.echo(str(output))
 
@@ -497,7 +503,7 @@ def cancel(database_url: str | None, owner: str | None, job_id: uuid.UUID) -> No
 
     async def go() -> None:
         async with _service(database_url, Settings.from_env()) as (_, service):
-            job = await service.cancel_job(owner_id, job_id)
+            job = await service.cancel_job(service.login_owner or owner_id, job_id)
         click.echo(f"{job_id} {job['status']}")
 
     _run(go)
@@ -558,6 +564,103 @@ def providers(as_json: bool) -> None:
                 f"qualities={caps['qualities'] or '-'} seed={caps['seed']} negative_prompt={caps['negative_prompt']} "
                 f"edit={caps['edit']}"
             )
+
+
+@main.group("users")
+def users_group() -> None:
+    """JupyterHub users with database logins of their own (docs/jupyterhub.md).
+
+    Run with an admin connection that may create roles. Each user's server gets only its own login,
+    and row-level security for it is keyed on that login, so a user's own code sees only their rows.
+    """
+
+
+@users_group.command("add")
+@database_url_option
+@click.argument("name")
+@click.option("--worker", is_flag=True, help="The login may also run the user's own worker (per-user layout).")
+@click.option("--max-pending", type=click.IntRange(min=1), default=None, help="Pending jobs the user may have.")
+@click.option("--max-cost-per-day", type=click.FloatRange(min=0), default=None, help="USD a day's jobs may cost.")
+@click.option("--auth-user-id", type=click.UUID, default=None, help="The user's Supabase auth.users id.")
+@click.option("--json", "as_json", is_flag=True)
+def users_add(
+    database_url: str | None,
+    name: str,
+    worker: bool,
+    max_pending: int | None,
+    max_cost_per_day: float | None,
+    auth_user_id: uuid.UUID | None,
+    as_json: bool,
+) -> None:
+    """Create (or update) hub user NAME: an owner id, a login role, quotas. Idempotent."""
+    from decimal import Decimal
+
+    from .users import add_user
+
+    async def go() -> None:
+        conn = await connect(database_url)
+        try:
+            user = await add_user(
+                conn,
+                name,
+                worker=worker,
+                max_pending=max_pending,
+                max_cost_per_day=Decimal(str(max_cost_per_day)) if max_cost_per_day is not None else None,
+                auth_user_id=auth_user_id,
+            )
+        finally:
+            await conn.close()
+        click.echo(
+            json.dumps(user.as_dict())
+            if as_json
+            else f"{user.hub_name}: owner {user.owner_user_id}, role {user.db_role}"
+        )
+
+    _run(go)
+
+
+@users_group.command("remove")
+@database_url_option
+@click.argument("name")
+def users_remove(database_url: str | None, name: str) -> None:
+    """Drop hub user NAME's login (their jobs and images stay). Idempotent."""
+    from .users import remove_user
+
+    async def go() -> None:
+        conn = await connect(database_url)
+        try:
+            removed = await remove_user(conn, name)
+        finally:
+            await conn.close()
+        click.echo(f"{name}: removed" if removed else f"{name}: was not a user")
+
+    _run(go)
+
+
+@users_group.command("list")
+@database_url_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def users_list(database_url: str | None, as_json: bool) -> None:
+    """The hub users, their owner ids, roles and quotas."""
+    from .users import list_users
+
+    async def go() -> None:
+        conn = await connect(database_url)
+        try:
+            found = await list_users(conn)
+        finally:
+            await conn.close()
+        for user in found:
+            if as_json:
+                click.echo(json.dumps(user.as_dict()))
+            else:
+                quota = f" max_pending={user.max_pending}" if user.max_pending else ""
+                quota += f" max_cost_per_day={user.max_cost_per_day}" if user.max_cost_per_day is not None else ""
+                click.echo(f"{user.hub_name}  {user.owner_user_id}  {user.db_role}{quota}")
+        if not found and not as_json:
+            click.echo("no hub users")
+
+    _run(go)
 
 
 @main.group("limits")

@@ -75,6 +75,9 @@ class Settings:
     supabase_service_role_key: str | None = field(default=None, repr=False)
     bucket: str = "images"
     bucket_public: bool = False
+    # "hub": the local store hands each owner's folder to that owner's Unix user (a shared pool
+    # under JupyterHub, ADR 0008); "": files belong to the writer.
+    store_owners: str = ""
 
     @property
     def store_dir(self) -> Path:
@@ -105,6 +108,9 @@ class Settings:
             raise ConfigError(
                 f"SUPABASE_URL={supabase_url!r} is not an http(s) URL; use https://<project-ref>.supabase.co"
             )
+        store_owners = (env.get("IMAGEN_STORE_OWNERS") or "").strip()
+        if store_owners not in ("", "hub"):
+            raise ConfigError(f"IMAGEN_STORE_OWNERS={store_owners!r} must be 'hub' or unset")
         bucket = (env.get("IMAGEN_BUCKET") or "").strip() or "images"
         if "/" in bucket:
             raise ConfigError(f"IMAGEN_BUCKET={bucket!r} is not a bucket name; it must not contain '/'")
@@ -123,4 +129,5 @@ class Settings:
             supabase_service_role_key=service_role_key,
             bucket=bucket,
             bucket_public=_bool(env, "IMAGEN_BUCKET_PUBLIC", False),
+            store_owners=store_owners,
         )

@@ -61,27 +61,38 @@ class MigrateResult:
     already: list[str]
 
 
+async def _recorded(conn: asyncpg.Connection, migrations: list[Migration]) -> dict[int, tuple[str, str]] | None:
+    """The applied migrations, checked against the files (None: no bookkeeping table yet)."""
+    if not await conn.fetchval("select to_regclass('imagen.schema_migrations') is not null"):
+        return None
+    rows = await conn.fetch("select version, name, checksum from imagen.schema_migrations")
+    recorded = {r["version"]: (r["name"], r["checksum"]) for r in rows}
+    for m in migrations:
+        if m.version in recorded and recorded[m.version][1] != m.checksum:
+            raise MigrationError(
+                f"migration {m.filename} was changed after it was applied (checksum differs from the "
+                "database's record); restore the file and add a new numbered migration for the change"
+            )
+    unknown = sorted(set(recorded) - {m.version for m in migrations})
+    if unknown:
+        raise MigrationError(
+            f"the database has migrations {unknown} that this imagen-worker does not ship; "
+            "upgrade imagen-worker before running against this database"
+        )
+    return recorded
+
+
 async def migrate(conn: asyncpg.Connection) -> MigrateResult:
-    """Apply every pending migration, each in its own transaction. Safe to run concurrently."""
+    """Apply every pending migration, each in its own transaction. Safe to run concurrently. An up-to-date
+    database is only read, so a login without DDL rights (a JupyterHub user's role) may call this."""
     migrations = load_migrations()
+    recorded = await _recorded(conn, migrations)
+    if recorded is not None and all(m.version in recorded for m in migrations):
+        return MigrateResult(applied=[], already=[m.filename for m in migrations])
     await conn.execute("select pg_advisory_lock($1)", _LOCK_KEY)
     try:
         await conn.execute(_BOOKKEEPING)
-        rows = await conn.fetch("select version, name, checksum from imagen.schema_migrations")
-        recorded = {r["version"]: (r["name"], r["checksum"]) for r in rows}
-        for m in migrations:
-            if m.version in recorded and recorded[m.version][1] != m.checksum:
-                raise MigrationError(
-                    f"migration {m.filename} was changed after it was applied (checksum differs from the "
-                    "database's record); restore the file and add a new numbered migration for the change"
-                )
-        known = {m.version for m in migrations}
-        unknown = sorted(set(recorded) - known)
-        if unknown:
-            raise MigrationError(
-                f"the database has migrations {unknown} that this imagen-worker does not ship; "
-                "upgrade imagen-worker before running against this database"
-            )
+        recorded = await _recorded(conn, migrations) or {}
         applied: list[str] = []
         for m in migrations:
             if m.version in recorded:

@@ -7,7 +7,7 @@ websockets, kernel views and notebook waits, resumable by `Cursor`. No Jupyter i
 
 from __future__ import annotations
 
-from .core import OWNER_ROLE, Service, ServiceConfig, as_owner
+from .core import OWNER_ROLE, Service, ServiceConfig, as_login, as_owner, login_owner
 from .cursor import Cursor, Snapshot
 from .feed import EventFeed, StreamClosed, Subscription
 from .router import Request, Response, Router
@@ -24,5 +24,7 @@ __all__ = [
     "Snapshot",
     "StreamClosed",
     "Subscription",
+    "as_login",
     "as_owner",
+    "login_owner",
 ]

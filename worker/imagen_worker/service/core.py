@@ -102,6 +102,20 @@ async def as_owner(pool: asyncpg.Pool, owner_user_id: uuid.UUID) -> AsyncIterato
             await conn.execute("commit")
 
 
+@asynccontextmanager
+async def as_login(pool: asyncpg.Pool) -> AsyncIterator[Connection]:
+    """A plain transaction on the pool's own login: for a user's own role (ADR 0008), whose RLS is
+    keyed on the session's role, so no role or claims are set."""
+    async with pool.acquire() as conn, conn.transaction():
+        yield conn
+
+
+async def login_owner(pool: asyncpg.Pool) -> uuid.UUID | None:
+    """The owner whose own login role the pool connects as (a JupyterHub user's), else None."""
+    value = await pool.fetchval("select imagen.current_owner()")
+    return value if isinstance(value, uuid.UUID) else None
+
+
 @dataclass
 class _WorkersSeen:
     at: float
@@ -118,12 +132,24 @@ class Service:
         *,
         providers: ProviderRegistry | None = None,
         config: ServiceConfig | None = None,
+        login_owner: uuid.UUID | None = None,
     ) -> None:
+        """`login_owner`: the pool logs in as that owner's own role (`login_owner(pool)`), so operations
+        run in plain transactions under its RLS and act for that owner only."""
         self.pool = pool
         self.storage = storage
         self.providers = providers or ProviderRegistry()
         self.config = config or ServiceConfig()
+        self.login_owner = login_owner
         self._workers: dict[uuid.UUID, _WorkersSeen] = {}
+
+    def transaction(self, owner: uuid.UUID) -> Any:
+        """A connection in a transaction acting for `owner` under row-level security."""
+        if self.login_owner is None:
+            return as_owner(self.pool, owner)
+        if owner != self.login_owner:
+            raise NotFound(f"owner {owner} is not the one this server's database login belongs to")
+        return as_login(self.pool)
 
     # -- jobs ----------------------------------------------------------------------------------
 
@@ -142,7 +168,7 @@ class Service:
                 "Idempotency-Key: must be 1 to 200 characters (a UUID per request is usual)", field="Idempotency-Key"
             )
         priority = req.priority if req.priority is not None else default_priority
-        async with as_owner(self.pool, owner) as conn:
+        async with self.transaction(owner) as conn:
             if (
                 spec.previous_image_id is not None
                 and await conn.fetchval(q("visible_image"), spec.previous_image_id) is None
@@ -177,6 +203,8 @@ class Service:
                 ) from None
             except asyncpg.CheckViolationError as exc:
                 raise _check_error(exc) from None
+            except asyncpg.ConfigurationLimitExceededError as exc:
+                raise _quota_error(exc) from None
             assert row is not None
             job = row["job"]
             if job is None and idempotency_key is not None and row["pending"] < self.config.max_pending:
@@ -246,7 +274,7 @@ class Service:
             )
         if not rows:
             return []
-        async with as_owner(self.pool, owner) as conn:
+        async with self.transaction(owner) as conn:
             try:
                 row = await conn.fetchrow(
                     q("create_jobs"), owner, rows, self.config.max_pending, self.config.worker_stale_seconds
@@ -255,6 +283,8 @@ class Service:
                 raise InvalidField("canvas_id: a job names a canvas that is not among yours", field="canvas_id") from None
             except asyncpg.CheckViolationError as exc:
                 raise _check_error(exc) from None
+            except asyncpg.ConfigurationLimitExceededError as exc:
+                raise _quota_error(exc) from None
             assert row is not None
             if row["jobs"] is None:
                 raise TooManyPending(
@@ -277,7 +307,7 @@ class Service:
     async def cancel_jobs(self, owner: uuid.UUID, job_ids: Sequence[uuid.UUID | str]) -> list[str]:
         """Cancel those of the owner's jobs that are still pending or running; the ids cancelled."""
         ids = [_uuid(j, "job_id") for j in job_ids]
-        async with as_owner(self.pool, owner) as conn:
+        async with self.transaction(owner) as conn:
             rows = await conn.fetch(q("cancel_jobs"), ids)
         return [str(r["id"]) for r in rows]
 
@@ -293,7 +323,7 @@ class Service:
             )
         limit = query_int(query, "limit", 50, minimum=1, maximum=500)
         after_at, after_id = _decode_page_cursor(query.get("cursor"))
-        async with as_owner(self.pool, owner) as conn:
+        async with self.transaction(owner) as conn:
             rows = await conn.fetch(
                 q("jobs_page"),
                 owner,
@@ -316,7 +346,7 @@ class Service:
 
     async def get_job(self, owner: uuid.UUID, job_id: uuid.UUID | str) -> dict[str, Any]:
         job_uuid = _uuid(job_id, "job_id")
-        async with as_owner(self.pool, owner) as conn:
+        async with self.transaction(owner) as conn:
             rows = await conn.fetch(q("jobs_page"), owner, None, None, None, None, None, None, None, 1, job_uuid)
             if not rows:
                 raise JobNotFound(f"job {job_uuid} not found among your jobs", field="job_id")
@@ -325,7 +355,7 @@ class Service:
     async def cancel_job(self, owner: uuid.UUID, job_id: uuid.UUID | str) -> dict[str, Any]:
         """Cancel a pending job at once, a running one cooperatively; the job as it is after."""
         job_uuid = _uuid(job_id, "job_id")
-        async with as_owner(self.pool, owner) as conn:
+        async with self.transaction(owner) as conn:
             try:
                 await conn.fetchval(q("cancel_job"), job_uuid)
             except asyncpg.NoDataFoundError:
@@ -335,7 +365,7 @@ class Service:
     async def job_events(self, owner: uuid.UUID, job_id: uuid.UUID | str) -> dict[str, Any]:
         """A job's whole trail, oldest first."""
         job_uuid = _uuid(job_id, "job_id")
-        async with as_owner(self.pool, owner) as conn:
+        async with self.transaction(owner) as conn:
             rows = await conn.fetch(q("job_events"), job_uuid)
             if not rows:
                 exists = await conn.fetch(q("jobs_page"), owner, None, None, None, None, None, None, None, 1, job_uuid)
@@ -356,7 +386,7 @@ class Service:
     # -- workers -------------------------------------------------------------------------------
 
     async def live_workers(self, owner: uuid.UUID) -> list[dict[str, Any]]:
-        async with as_owner(self.pool, owner) as conn:
+        async with self.transaction(owner) as conn:
             return await self._live_workers(conn, owner, fresh=True)
 
     async def _live_workers(self, conn: Connection, owner: uuid.UUID, *, fresh: bool = False) -> list[dict[str, Any]]:
@@ -388,7 +418,7 @@ class Service:
 
     async def get_image(self, owner: uuid.UUID, image_id: uuid.UUID | str) -> dict[str, Any]:
         image_uuid = _uuid(image_id, "image_id")
-        async with as_owner(self.pool, owner) as conn:
+        async with self.transaction(owner) as conn:
             row = await conn.fetchval(q("image"), image_uuid)
         if row is None:
             raise NotFound(f"image {image_uuid} not found among your images", field="image_id")
@@ -399,7 +429,7 @@ class Service:
     ) -> tuple[str, bytes]:
         """(content type, bytes) of an image or its WebP thumbnail."""
         image_uuid = _uuid(image_id, "image_id")
-        async with as_owner(self.pool, owner) as conn:
+        async with self.transaction(owner) as conn:
             row = await conn.fetchval(q("image"), image_uuid)
         if row is None:
             raise NotFound(f"image {image_uuid} not found among your images", field="image_id")
@@ -422,13 +452,13 @@ class Service:
 
     async def list_canvases(self, owner: uuid.UUID, query: Mapping[str, str] | None = None) -> dict[str, Any]:
         limit = query_int(query or {}, "limit", 200, minimum=1, maximum=1000)
-        async with as_owner(self.pool, owner) as conn:
+        async with self.transaction(owner) as conn:
             rows = await conn.fetch(q("canvases"), owner, limit)
         return {"canvases": [worker_json(dict(r)) for r in rows]}
 
     async def get_canvas(self, owner: uuid.UUID, canvas_id: uuid.UUID | str) -> dict[str, Any]:
         canvas_uuid = _uuid(canvas_id, "canvas_id")
-        async with as_owner(self.pool, owner) as conn:
+        async with self.transaction(owner) as conn:
             canvas = await self._canvas(conn, canvas_uuid)
         if canvas is None:
             raise NotFound(f"canvas {canvas_uuid} not found among your canvases", field="canvas_id")
@@ -449,7 +479,7 @@ class Service:
         save.check_graph()
         nodes = [n.model_dump(mode="json") for n in save.nodes]
         edges = [e.model_dump(mode="json") for e in save.edges]
-        async with as_owner(self.pool, owner) as conn:
+        async with self.transaction(owner) as conn:
             stored = await conn.fetchval(q("lock_canvas"), canvas_uuid)
             created = stored is None
             if created:
@@ -494,7 +524,7 @@ class Service:
 
     async def delete_canvas(self, owner: uuid.UUID, canvas_id: uuid.UUID | str) -> None:
         canvas_uuid = _uuid(canvas_id, "canvas_id")
-        async with as_owner(self.pool, owner) as conn:
+        async with self.transaction(owner) as conn:
             if await conn.fetchval(q("delete_canvas"), canvas_uuid) is None:
                 raise NotFound(f"canvas {canvas_uuid} not found among your canvases", field="canvas_id")
 
@@ -532,7 +562,7 @@ class Service:
             except ValueError:
                 raise InvalidField(f"since: {since_raw!r} is not an ISO 8601 time", field="since") from None
             since = since if since.tzinfo else since.replace(tzinfo=UTC)
-        async with as_owner(self.pool, owner) as conn:
+        async with self.transaction(owner) as conn:
             return await usage_report(conn, since=since, owner_user_id=owner)
 
     async def health(self, owner: uuid.UUID) -> dict[str, Any]:
@@ -586,6 +616,19 @@ def _check_error(exc: asyncpg.CheckViolationError) -> InvalidField:
     return InvalidField(f"{field or 'body'}: {message}{f'; {hint}' if hint else ''}", field=field)
 
 
+def _quota_error(exc: asyncpg.ConfigurationLimitExceededError) -> TooManyPending:
+    """A quota the database refused the job for (migration 0009) as a 429."""
+    message = exc.args[0] if exc.args else str(exc)
+    if "a day" in message:
+        now = datetime.now(UTC)
+        midnight = (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+        retry_after = (midnight - now).total_seconds()
+    else:
+        retry_after = 10.0
+    hint = getattr(exc, "hint", None)
+    return TooManyPending(f"{message}{f'; {hint}' if hint else ''}", retry_after=retry_after)
+
+
 def _encode_page_cursor(created_at: str, job_id: str) -> str:
     return base64.urlsafe_b64encode(f"{created_at}|{job_id}".encode()).decode().rstrip("=")
 
@@ -603,4 +646,4 @@ def _decode_page_cursor(raw: str | None) -> tuple[datetime | None, uuid.UUID | N
         ) from None
 
 
-__all__ = ["OWNER_ROLE", "ConfigError", "Service", "ServiceConfig", "as_owner"]
+__all__ = ["OWNER_ROLE", "ConfigError", "Service", "ServiceConfig", "as_login", "as_owner", "login_owner"]

@@ -26,7 +26,7 @@ from typing import Any
 import asyncpg
 
 from ..queue import CONNECTION_ERRORS
-from .core import as_owner, q
+from .core import as_login, as_owner, q
 from .cursor import Cursor, Snapshot
 from .shapes import Message, event_json, worker_json
 
@@ -102,7 +102,10 @@ class EventFeed:
         queue_size: int = QUEUE_SIZE,
         worker_stale_seconds: float = 30.0,
         reconnect_cap_seconds: float = 1.0,
+        login_scoped: bool = False,
     ) -> None:
+        """`login_scoped`: the pool logs in as a user's own role (ADR 0008); replays then run in plain
+        transactions under that role's RLS instead of with the subscriber's claims."""
         if queue_size < 32:
             raise ValueError("queue_size must be at least 32")
         self.dsn = dsn
@@ -113,6 +116,7 @@ class EventFeed:
         # subscriber gets `reset` and reloads over REST.
         self.replay_limit = queue_size - 16
         self.reconnect_cap_seconds = reconnect_cap_seconds
+        self.login_scoped = login_scoped
         self._subs: dict[uuid.UUID, set[Subscription]] = {}
         self._cursor: Cursor | None = None
         self._snapshot: Snapshot | None = None
@@ -185,7 +189,8 @@ class EventFeed:
         assert self._snapshot is not None
         upto = self._snapshot
         base, snaps, ids = since.query_args()
-        async with as_owner(self.pool, sub.owner) as conn:
+        scope = as_login(self.pool) if self.login_scoped else as_owner(self.pool, sub.owner)
+        async with scope as conn:
             row = await conn.fetchrow(
                 q("events_after"), base, snaps, ids, [sub.owner], self.replay_limit + 1, upto.text()
             )

@@ -34,7 +34,19 @@ def __getattr__(name: str) -> object:
 def storage_from_settings(settings: Settings) -> Storage:
     """The backend IMAGEN_STORAGE names, configured from the environment."""
     if settings.storage == "local":
-        return LocalStorage(settings.store_dir, bucket=settings.bucket, signing_key=load_signing_key(settings.data_dir))
+        owner_uids = None
+        if settings.store_owners == "hub":
+            if not settings.database_url:
+                raise ConfigError("IMAGEN_STORE_OWNERS=hub needs IMAGEN_DATABASE_URL (the hub's database)")
+            from ..users import HubStoreOwners
+
+            owner_uids = HubStoreOwners(settings.database_url)
+        return LocalStorage(
+            settings.store_dir,
+            bucket=settings.bucket,
+            signing_key=load_signing_key(settings.data_dir),
+            owner_uids=owner_uids,
+        )
     if settings.storage == "supabase":
         if not settings.supabase_url:
             raise ConfigError("SUPABASE_URL is not set; IMAGEN_STORAGE=supabase needs your project URL")

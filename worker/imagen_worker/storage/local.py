@@ -14,6 +14,7 @@ import hmac
 import os
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from urllib.parse import quote
 
@@ -70,16 +71,40 @@ def _remove_leftovers(target: Path) -> None:
             os.unlink(path)
 
 
+# Owner folders and their objects are private to whoever owns them (ADR 0008); the store's root and
+# bucket folders are only traversable, so a user reaches their own folder without listing others'.
+DIR_MODE, FILE_MODE, SHARED_DIR_MODE = 0o700, 0o600, 0o711
+
+# Maps an owner id (an object path's first segment) to the Unix uid that should own that owner's
+# folder and objects, or None to leave them with the writer (a shared pool under JupyterHub hands
+# each user's images to that user: imagen_worker.users.HubStoreOwners).
+OwnerUids = Callable[[str], Awaitable[int | None]]
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write a new file readable by its owner only."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+
+
 class LocalStorage(Storage):
     name = "local"
 
     def __init__(
-        self, root: Path, *, bucket: str = "images", signing_key: bytes, url_prefix: str = "/imagen/files"
+        self,
+        root: Path,
+        *,
+        bucket: str = "images",
+        signing_key: bytes,
+        url_prefix: str = "/imagen/files",
+        owner_uids: OwnerUids | None = None,
     ) -> None:
         self.root = root
         self.bucket = bucket
         self._key = signing_key
         self.url_prefix = url_prefix.rstrip("/")
+        self._owner_uids = owner_uids
 
     def _file(self, path: str) -> Path:
         if not path or path.startswith("/") or ".." in path.split("/") or "\\" in path:
@@ -88,15 +113,17 @@ class LocalStorage(Storage):
 
     async def put(self, path: str, data: bytes, content_type: str) -> StoredObject:
         target = self._file(path)
-        await asyncio.to_thread(self._write, target, data)
+        uid = await self._owner_uids(path.split("/", 1)[0]) if self._owner_uids is not None else None
+        await asyncio.to_thread(self._write, target, data, uid)
         return StoredObject(self.bucket, path, len(data))
 
-    @staticmethod
-    def _write(target: Path, data: bytes) -> None:
+    def _write(self, target: Path, data: bytes, uid: int | None = None) -> None:
         tmp = target.with_name(f"{_temp_prefix(target)}{os.getpid()}.{secrets.token_hex(4)}.tmp")
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_bytes(data)
+            self._folders(target.parent, uid)
+            _write_private(tmp, data)
+            if uid is not None:
+                os.chown(tmp, uid, -1)
             os.replace(tmp, target)
         except OSError as exc:
             with contextlib.suppress(OSError):
@@ -107,6 +134,22 @@ class LocalStorage(Storage):
             # No permission, a read-only or misshapen folder: a setting to fix, not a moment to wait.
             raise StorageRejected(f"{message}; check that IMAGEN_DATA_DIR is a folder the worker can write") from exc
         _remove_leftovers(target)
+
+    def _folders(self, folder: Path, uid: int | None) -> None:
+        """The folders down to `folder`: the store's root and bucket only traversable by others (0711),
+        the owner's folders private (0700) and handed to `uid` where one is given."""
+        bucket = self.root / self.bucket
+        for shared in (self.root, bucket):
+            if not shared.is_dir():
+                shared.mkdir(parents=True, exist_ok=True)
+                os.chmod(shared, SHARED_DIR_MODE)  # mkdir's own mode would be cut by the umask
+        for directory in [d for d in reversed([folder, *folder.parents]) if bucket in d.parents]:
+            try:
+                directory.mkdir(mode=DIR_MODE)
+            except FileExistsError:
+                continue
+            if uid is not None:
+                os.chown(directory, uid, -1)
 
     async def get(self, path: str) -> bytes:
         target = self._file(path)
