@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -9,6 +10,13 @@ import pytest
 from .harness import USERS, Cluster, ensure_system_user, scram_cluster, users_venv
 
 pytestmark = pytest.mark.hub
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    if os.geteuid() != 0:
+        for item in items:
+            if "tests/hub/" in str(item.fspath):
+                item.add_marker(pytest.mark.skip(reason="needs root: it creates system users and a cluster"))
 
 
 @pytest.fixture(autouse=True)

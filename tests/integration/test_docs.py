@@ -2,7 +2,7 @@
 
 Each fence names its language. `sh` and `bash` blocks run in bash (errexit, pipefail) and `sql`
 blocks through psql, against a fresh database with an `imagen worker` running beside them;
-`python` blocks run in a fresh interpreter; `json` blocks must parse; `text` blocks are output
+`python` blocks run in a fresh interpreter; `json` and `yaml` blocks must parse; `text` blocks are output
 samples and are only read. A block whose paragraph right above starts with **Needs …:** (a key, a
 Supabase project, systemd) cannot run here and is skipped, with that reason.
 """
@@ -26,7 +26,7 @@ import pytest
 from ..conftest import IMAGEN, REPO, _create_database, _drop_database, run_sync, url_for
 
 DOCS = REPO / "docs"
-LANGUAGES = {"sh", "bash", "sql", "python", "json", "text"}
+LANGUAGES = {"sh", "bash", "sql", "python", "json", "yaml", "text"}
 _FENCE = re.compile(r"^```(\S*)[^\n]*\n(.*?)^```\s*$", re.MULTILINE | re.DOTALL)
 
 
@@ -70,9 +70,14 @@ def test_every_fence_names_its_language() -> None:
     assert not unnamed, f"fences without a known language ({', '.join(sorted(LANGUAGES))}): {unnamed}"
 
 
-@pytest.mark.parametrize("block", [b for b in BLOCKS if b.language == "json"], ids=lambda b: b.id)
-def test_json_blocks_parse(block: Block) -> None:
-    json.loads(block.code)
+@pytest.mark.parametrize("block", [b for b in BLOCKS if b.language in ("json", "yaml")], ids=lambda b: b.id)
+def test_data_blocks_parse(block: Block) -> None:
+    if block.language == "json":
+        json.loads(block.code)
+    else:
+        import yaml
+
+        yaml.safe_load(block.code)
 
 
 @pytest.fixture(scope="module")
