@@ -191,16 +191,17 @@ c.JupyterHub.pid_file = "{root}/hub.pid"
 c.JupyterHub.authenticator_class = "dummy"
 c.DummyAuthenticator.password = {password!r}
 c.Authenticator.allowed_users = {users!r}
-c.JupyterHub.spawner_class = "localprocess"
+c.JupyterHub.spawner_class = {spawner!r}
 c.Spawner.cmd = [{singleuser!r}]
-c.Spawner.args = ["--ServerApp.log_level=INFO"]
+c.Spawner.args = ["--ServerApp.log_level=INFO"] + ({spawner!r} == "simple") * ["--allow-root"]
 c.Spawner.start_timeout = 120
 c.Spawner.http_timeout = 120
 c.JupyterHub.services = [{{"name": "test-admin", "api_token": {admin_token!r}}}]
 c.JupyterHub.load_roles = [{{"name": "test-admin", "services": ["test-admin"],
     "scopes": ["admin:users", "admin:servers", "tokens", "read:users", "access:servers"]}}]
 configure(c, database_url={database_url!r}, layout={layout!r}, store_dir={store_dir!r},
-          python={python!r}, max_pending={max_pending!r}, pool_environment={pool_environment!r})
+          python={python!r}, max_pending={max_pending!r}, pool_environment={pool_environment!r},
+          pool_concurrency={pool_concurrency!r})
 """
 
 
@@ -212,7 +213,12 @@ def jupyterhub(
     layout: str,
     max_pending: int | None = None,
     pool_environment: dict[str, str] | None = None,
+    users: tuple[str, ...] = USERS,
+    spawner: str = "localprocess",
+    pool_concurrency: int = 8,
 ) -> Iterator[Hub]:
+    """A running hub. `spawner`: "localprocess" (each user's server as their own Unix user) or
+    "simple" (all as the hub's user: no isolation, for benchmarks of many users)."""
     # The hub's own folder holds its config (with the admin database URL): root's alone, as
     # /etc/jupyterhub would be. The image store of the pool layout lives outside it.
     root = Path(tempfile.mkdtemp(prefix="imagen-hub-"))
@@ -227,7 +233,8 @@ def jupyterhub(
         proxy_api_port=free_port(),
         root=root,
         password=secrets.token_hex(8),
-        users=set(USERS),
+        users=set(users),
+        spawner=spawner,
         singleuser=str(venv / "bin" / "jupyterhub-singleuser"),
         admin_token=token,
         database_url=cluster.admin_url,
@@ -236,6 +243,7 @@ def jupyterhub(
         python=str(venv / "bin" / "python"),
         max_pending=max_pending,
         pool_environment=pool_environment or {},
+        pool_concurrency=pool_concurrency,
     )
     (root / "jupyterhub_config.py").write_text(config)
     chp = REPO / ".venv" / "chp" / "node_modules" / ".bin"

@@ -186,19 +186,19 @@ def _raw_socket_that_never_reads(port: int, path: str, token: str) -> socket.soc
 
 
 def _close_code(data: bytes) -> int | None:
-    """The code of the close frame in a stream of server frames, if one is there."""
+    """The code of the close frame in a stream of server frames, if one has arrived whole."""
     i = 0
     while i + 2 <= len(data):
         opcode, length = data[i] & 0x0F, data[i + 1] & 0x7F
         i += 2
-        if length == 126:
-            length = struct.unpack(">H", data[i : i + 2])[0]
-            i += 2
-        elif length == 127:
-            length = struct.unpack(">Q", data[i : i + 8])[0]
-            i += 8
-        if opcode == 0x8 and length >= 2:
-            return int(struct.unpack(">H", data[i : i + 2])[0])
+        width = {126: 2, 127: 8}.get(length, 0)
+        if i + width > len(data):
+            return None  # the rest of this frame's header has not arrived yet
+        if width:
+            length = int.from_bytes(data[i : i + width], "big")
+            i += width
+        if opcode == 0x8:
+            return int.from_bytes(data[i : i + 2], "big") if i + 2 <= len(data) else None
         i += length
     return None
 
@@ -261,3 +261,5 @@ def test_close_code_parser_reads_a_close_frame() -> None:
     frame = b"\x81\x02hi" + b"\x88\x04" + struct.pack(">H", 4000) + b"ok"
     assert _close_code(frame) == 4000
     assert _close_code(b"\x81\x02hi") is None
+    assert _close_code(b"\x81\x7e\x01") is None  # a header cut short
+    assert _close_code(b"\x88\x02\x0f") is None

@@ -311,7 +311,10 @@ class EventFeed:
 
     def _on_notify(self, _conn: object, _pid: int, channel: str, payload: object) -> None:
         if channel == "imagen_job_events":
-            if self._subs:
+            # The payload names the events' owners: read only for an owner subscribed here (under
+            # JupyterHub every user's server hears every user's notifications).
+            text = str(payload)
+            if any(str(owner) in text for owner in self._subs):
                 self._dirty.set()
         elif channel == "imagen_canvas_events":
             self._on_canvas(str(payload))
