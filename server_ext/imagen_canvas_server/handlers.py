@@ -22,7 +22,7 @@ from jupyter_server.base.websocket import WebSocketMixin
 from tornado import web, websocket
 
 from imagen_worker.errors import InvalidField, RequestError
-from imagen_worker.service import Cursor, Request, StreamClosed
+from imagen_worker.service import Cursor, Request
 from imagen_worker.service.shapes import Message
 from imagen_worker.storage import LocalStorage
 
@@ -126,14 +126,16 @@ class ImagenAPIHandler(_ImagenMixin, APIHandler):
 class EventsSocket(_ImagenMixin, WebSocketMixin, websocket.WebSocketHandler, JupyterHandler):
     """`{base_url}imagen/api/events`: the owner's events, live and resumable with `?since=<cursor>`.
 
-    Authorized before the upgrade, as jupyter_server's kernel websocket is. One sender task per socket
-    writes and awaits each message; the feed drops a socket that falls a queue behind, and the socket
-    is then closed with code 4000 (reconnect with `since`), so a reader that stalls never slows others.
+    Authorized before the upgrade, as jupyter_server's kernel websocket is. A message is written when
+    the previous one has reached the kernel's send buffer; until then messages queue in the
+    subscription. The feed drops a socket that falls its queue behind, and the socket is then closed
+    with code 4000 (reconnect with `since`), so a reader that stalls never slows the others.
     """
 
     auth_resource = AUTH_RESOURCE
     _sub: Any = None
     _tasks: tuple[asyncio.Task[None], ...] = ()
+    _writing: Any = None
 
     async def pre_get(self) -> None:
         user = self.current_user
@@ -165,10 +167,12 @@ class EventsSocket(_ImagenMixin, WebSocketMixin, websocket.WebSocketHandler, Jup
         except RequestError as exc:
             self.close(CLOSE_BAD_REQUEST, str(exc)[:120])
             return
-        self._tasks = (
-            asyncio.create_task(self._send_loop(), name="imagen-ws-send"),
-            asyncio.create_task(self._watch_overflow(), name="imagen-ws-watch"),
-        )
+        # Messages are written as the feed hands them over while the socket keeps up (no task hop per
+        # message); behind a write not yet flushed they queue in the subscription, up to its bound.
+        self._sub.push = self._push
+        if (first := self._sub.pop()) is not None:  # the hello; the rest of a replay follows it
+            self._push(first)
+        self._tasks = (asyncio.create_task(self._watch_overflow(), name="imagen-ws-watch"),)
 
     def _bound_send_buffer(self, size: int) -> None:
         # A bounded kernel send buffer, so a reader that stalls is noticed after `size` bytes rather
@@ -180,18 +184,23 @@ class EventsSocket(_ImagenMixin, WebSocketMixin, websocket.WebSocketHandler, Jup
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
 
-    async def _send_loop(self) -> None:
+    def _push(self, message: dict[str, Any]) -> bool:
+        if self._writing is not None and not self._writing.done():
+            return False
+        text = message.json_text() if isinstance(message, Message) else json.dumps(message)
+        try:
+            self._writing = self.write_message(text)
+        except websocket.WebSocketClosedError:
+            return True  # gone: on_close drops the subscription
+        self._writing.add_done_callback(self._written)
+        return True
+
+    def _written(self, future: asyncio.Future[None]) -> None:
+        if future.cancelled() or future.exception() is not None:
+            return
         sub = self._sub
-        while True:
-            try:
-                message = await sub.get()
-            except StreamClosed:
-                return
-            text = message.json_text() if isinstance(message, Message) else json.dumps(message)
-            try:
-                await self.write_message(text)
-            except websocket.WebSocketClosedError:
-                return
+        if sub is not None and not sub.closed.is_set() and (queued := sub.pop()) is not None:
+            self._push(queued)
 
     async def _watch_overflow(self) -> None:
         sub = self._sub

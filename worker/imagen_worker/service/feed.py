@@ -19,7 +19,7 @@ import contextlib
 import json
 import logging
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -45,8 +45,10 @@ SAFETY_READ_SECONDS = 5.0
 
 
 class Subscription:
-    """One subscriber's stream: `await get()` returns the next message (a dict); after `close()` or an
-    overflow, `get()` raises `StreamClosed`. Cancelling a `get()` loses nothing."""
+    """One subscriber's stream. Either pulled (`await get()` returns the next message; after `close()`
+    or an overflow it raises `StreamClosed`; cancelling a `get()` loses nothing) or pushed: with a
+    `push` callback set, a message is handed to it at once when nothing is queued, and the callback
+    says whether it took it (False: the subscriber is busy, queue it and `pop()` it later)."""
 
     def __init__(self, owner: uuid.UUID, maxsize: int) -> None:
         self.owner = owner
@@ -55,9 +57,12 @@ class Subscription:
         self._available = asyncio.Event()
         self.overflowed = False
         self.closed = asyncio.Event()
+        self.push: Callable[[dict[str, Any]], bool] | None = None
 
     def offer(self, message: dict[str, Any]) -> None:
         if self.closed.is_set():
+            return
+        if self.push is not None and not self._messages and self.push(message):
             return
         if len(self._messages) >= self.maxsize:
             self.overflowed = True
@@ -65,6 +70,10 @@ class Subscription:
             return
         self._messages.append(message)
         self._available.set()
+
+    def pop(self) -> dict[str, Any] | None:
+        """The next queued message, or None."""
+        return self._messages.popleft() if self._messages else None
 
     def close(self) -> None:
         self.closed.set()
