@@ -49,6 +49,9 @@ class FakeTransport implements Transport {
   loadImage(): ImageLease {
     return { src: Promise.resolve("blob:x"), fallback: null, release: () => undefined };
   }
+  imageUrl(): null {
+    return null;
+  }
   setStorageOrigin(): void {}
   dispose(): void {}
 }
@@ -107,6 +110,22 @@ describe("the canvas controller", () => {
     transport.states.emit("connecting");
     transport.states.emit("open");
     await vi.waitFor(() => expect(store.getState().jobs[submitted.id]?.status).toBe("done"));
+  });
+
+  it("fetches a running job that went quiet, so a lost event never leaves a node spinning", async () => {
+    vi.useRealTimers();
+    vi.useFakeTimers({ toFake: ["setTimeout", "clearTimeout", "setInterval", "clearInterval", "Date"] });
+    const { transport, controller, store } = await started();
+    const id = addImageNode(store, { x: 0, y: 0 });
+    updateNodeData(store, id, { prompt: "a fox" });
+    await controller.generate(id);
+    const submitted = store.getState().nodeJobs[id]?.[0] as Job;
+    transport.jobs.set(submitted.id, { ...submitted, status: "done" });
+    await vi.advanceTimersByTimeAsync(5000);
+    expect(store.getState().jobs[submitted.id]?.status).toBe("pending");
+    await vi.advanceTimersByTimeAsync(12000);
+    expect(store.getState().jobs[submitted.id]?.status).toBe("done");
+    await controller.dispose();
   });
 
   it("says on the node why Generate did nothing, and submits nothing", async () => {

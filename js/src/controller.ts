@@ -19,6 +19,10 @@ import {
 import { CanvasSync, type SyncDeps } from "./sync/canvas-sync";
 import { ApiError, type Transport } from "./transport/transport";
 
+/** How often running jobs are checked for silence, and how long a silence is before one is fetched. */
+const WATCHDOG_MS = 5000;
+const QUIET_MS = 10000;
+
 export interface ControllerOptions {
   sync?: SyncDeps;
   debounceMs?: number;
@@ -34,6 +38,8 @@ export class CanvasController {
   private readonly fetching = new Set<string>();
   private readonly createdHere = new Set<string>();
   private readonly unsubscribe: (() => void)[] = [];
+  private readonly lastHeard = new Map<string, number>();
+  private watchdog: ReturnType<typeof setInterval> | null = null;
   private wasOpen = false;
   private disposed = false;
 
@@ -68,6 +74,23 @@ export class CanvasController {
       this.sync.states.add((state) => this.store.setState({ syncState: state, syncError: this.sync.lastError })),
     );
     if (transport.connection === "open") this.wasOpen = true;
+    this.watchdog = setInterval(() => this.checkQuiet(), WATCHDOG_MS);
+  }
+
+  /**
+   * A job still running with no word for a while is fetched: the stream resumes after drops, but a kernel
+   * that stopped forwarding (restarted, busy) or a lost message must not leave a node spinning forever.
+   */
+  private checkQuiet(now = Date.now()): void {
+    for (const job of Object.values(this.store.getState().jobs)) {
+      if (!isActive(job)) continue;
+      const heard = this.lastHeard.get(job.id);
+      if (heard === undefined) this.lastHeard.set(job.id, now);
+      else if (now - heard > QUIET_MS) {
+        this.lastHeard.set(job.id, now);
+        this.fetchJob(job.id);
+      }
+    }
   }
 
   /** Load providers, health, the canvas and its jobs; `status` says what is missing when something is. */
@@ -121,6 +144,7 @@ export class CanvasController {
     const outcome = applyJobEvent(this.store, event);
     if (outcome === "ignored") return;
     this.eventCounts.set(event.job_id, (this.eventCounts.get(event.job_id) ?? 0) + 1);
+    this.lastHeard.set(event.job_id, Date.now());
     const terminal = event.kind === "state" && event.status !== null && TERMINAL.has(event.status);
     if (outcome === "new" || terminal) this.fetchJob(event.job_id, outcome === "new");
   }
@@ -209,8 +233,12 @@ export class CanvasController {
     try {
       const results = await Promise.allSettled(plan.bodies.map((body, i) => this.submit(body, `${plan.group_id}:${i}`)));
       const jobs = results.flatMap((r) => (r.status === "fulfilled" ? [r.value] : []));
-      for (const job of jobs) this.createdHere.add(job.id);
-      upsertJobs(this.store, jobs);
+      for (const job of jobs) {
+        this.createdHere.add(job.id);
+        this.lastHeard.set(job.id, Date.now());
+      }
+      // Its first events may have come before the POST's answer: those are newer than the answer.
+      upsertJobs(this.store, jobs, (id) => this.eventCounts.has(id));
       const first = jobs[0];
       if (first) setCurrentJob(this.store, nodeId, first.id);
       const failure = results.find((r) => r.status === "rejected") as PromiseRejectedResult | undefined;
@@ -255,6 +283,7 @@ export class CanvasController {
   async dispose(): Promise<void> {
     if (this.disposed) return;
     this.disposed = true;
+    if (this.watchdog !== null) clearInterval(this.watchdog);
     for (const off of this.unsubscribe) off();
     try {
       await Promise.race([this.sync.flush(), new Promise((r) => setTimeout(r, 5000))]);

@@ -59,6 +59,8 @@ function CompareView({ theme }: { theme: string }) {
                 <FullImage job={b} />
               </div>
               <div className="ic-compare-divider" style={{ left: `${split}%` }} />
+              <span className="ic-compare-tag ic-left">A · seed {a?.image?.seed ?? "—"}</span>
+              <span className="ic-compare-tag ic-right">B · seed {b?.image?.seed ?? "—"}</span>
             </div>
             <input className="ic-compare-range" data-testid="compare-range" type="range" min={0} max={100} value={split} aria-label="Split" onChange={(e) => setSplit(Number(e.target.value))} />
           </div>

@@ -51,6 +51,7 @@ function typingIn(target: EventTarget | null): boolean {
 const minimapColor = (node: FlowNode) => (node.type === "prompt" ? "var(--ic-prompt-accent)" : "var(--ic-image-accent)");
 const proOptions = { hideAttribution: true };
 const NODE_WIDTH = 300;
+const MINIMAP_SIZE = { width: 160, height: 110 };
 
 export function Flow({ initialViewport }: { initialViewport: Viewport | null }) {
   const controller = useController();
@@ -148,6 +149,8 @@ export function Flow({ initialViewport }: { initialViewport: Viewport | null }) 
         const ids = s.nodes.filter((n) => n.selected).map((n) => n.id);
         const edgeIds = s.edges.filter((edge) => edge.selected).map((edge) => edge.id);
         if (ids.length) deleteNodes(store, ids);
+        // The focused node is gone: keep the focus in the canvas, so the next shortcut (undo) reaches it.
+        e.currentTarget.focus({ preventScroll: true });
         if (edgeIds.length) onEdgesChange(store, edgeIds.map((id) => ({ id, type: "remove" as const })));
         handled = ids.length > 0 || edgeIds.length > 0;
       } else handled = false;
@@ -160,7 +163,7 @@ export function Flow({ initialViewport }: { initialViewport: Viewport | null }) 
   );
 
   return (
-    <div className="ic-flow" onDoubleClick={onDoubleClick} onDragOver={onDragOver} onDrop={onDrop} onKeyDown={onKeyDown}>
+    <div className="ic-flow" tabIndex={-1} onDoubleClick={onDoubleClick} onDragOver={onDragOver} onDrop={onDrop} onKeyDown={onKeyDown}>
       <ReactFlow<FlowNode>
         nodes={nodes}
         edges={edges}
@@ -183,7 +186,7 @@ export function Flow({ initialViewport }: { initialViewport: Viewport | null }) 
         defaultEdgeOptions={{ type: "default" }}
       >
         <Background variant={BackgroundVariant.Dots} gap={20} size={1.2} />
-        {nodes.length ? <MiniMap pannable zoomable nodeColor={minimapColor} nodeStrokeWidth={2} className="ic-minimap" /> : null}
+        {nodes.length ? <MiniMap pannable zoomable nodeColor={minimapColor} nodeStrokeWidth={2} className="ic-minimap" style={MINIMAP_SIZE} /> : null}
         <Controls showInteractive={false} className="ic-controls" />
         <Toolbar />
       </ReactFlow>

@@ -1,4 +1,4 @@
-// The source of an image to show, leased from the transport for as long as the component shows it.
+// The source of an image to show: the server's URL at once, or bytes leased from the kernel while shown.
 import { useEffect, useState } from "react";
 import type { Image } from "../api/types";
 import type { ImageVariant } from "../transport/transport";
@@ -11,37 +11,49 @@ export interface ImageSource {
   onError: () => void;
 }
 
+interface Loaded {
+  key: string | null;
+  src: string | null;
+  fallback: string | null;
+  failed: boolean;
+}
+
+const NONE: Loaded = { key: null, src: null, fallback: null, failed: false };
+
 export function useImageSource(image: Image | null, variant: ImageVariant): ImageSource {
   const { transport } = useController();
-  const [state, setState] = useState<{ key: string | null; src: string | null; fallback: string | null; failed: boolean }>({
-    key: null,
-    src: null,
-    fallback: null,
-    failed: false,
-  });
   const key = image ? `${image.id}:${variant}` : null;
+  // A URL known now renders in the same pass as the node (200 thumbnails start loading together).
+  const direct = image ? transport.imageUrl(image, variant) : null;
+  const [loaded, setLoaded] = useState<Loaded>(NONE);
+  const [override, setOverride] = useState<Loaded>(NONE);
+
   useEffect(() => {
-    if (!image) {
-      setState({ key: null, src: null, fallback: null, failed: false });
-      return;
-    }
+    if (!image || direct) return;
     const lease = transport.loadImage(image, variant);
     let live = true;
+    const at = `${image.id}:${variant}`;
     lease.src.then(
-      (src) => live && setState({ key: `${image.id}:${variant}`, src, fallback: lease.fallback, failed: false }),
-      () => live && setState({ key: `${image.id}:${variant}`, src: null, fallback: null, failed: true }),
+      (src) => live && setLoaded({ key: at, src, fallback: lease.fallback, failed: false }),
+      () => live && setLoaded({ key: at, src: null, fallback: null, failed: true }),
     );
     return () => {
       live = false;
       lease.release();
     };
     // The image's identity is its id: a re-fetched Image (fresh signed URLs) shows the same picture.
-  }, [key, transport]);
-  const current = state.key === key ? state : { src: null, fallback: null, failed: false };
+  }, [key, transport, direct === null]);
+
+  const base: Loaded = direct ? { key, src: direct.src, fallback: direct.fallback, failed: false } : loaded.key === key ? loaded : NONE;
+  const current = override.key === key && override.key !== null ? override : base;
   return {
     src: current.src,
     failed: current.failed,
     onError: () =>
-      setState((s) => (s.fallback && s.src !== s.fallback ? { ...s, src: s.fallback, fallback: null } : { ...s, src: null, failed: true })),
+      setOverride(
+        current.fallback && current.src !== current.fallback
+          ? { ...current, src: current.fallback, fallback: null }
+          : { ...current, src: null, failed: true },
+      ),
   };
 }

@@ -125,8 +125,8 @@ function ImageNodeView({ id, selected }: NodeProps<ImageFlowNode>) {
           </button>
         ) : null}
         {done.length >= 1 && groups.length + done.length > 2 ? (
-          <button type="button" className="ic-icon-button nodrag" title="Compare two results" data-testid="compare-button" onClick={() => openCompare(controller, id, shown)}>
-            <Icon name="compare" size={15} />
+          <button type="button" className="ic-button ic-button-ghost nodrag" title="Compare two results, side by side or with a slider" data-testid="compare-button" onClick={() => openCompare(controller, id, shown)}>
+            <Icon name="compare" size={14} /> Compare
           </button>
         ) : null}
         <button
@@ -277,7 +277,10 @@ const ResultCell = memo(function ResultCell({ nodeId, job, selected, onClick }: 
       ) : (
         <div className={`ic-cell-state${job.status === "pending" || job.status === "running" ? " ic-shimmer" : ""}`}>
           {job.status === "failed" || job.status === "cancelled" || failed ? <Icon name={job.status === "cancelled" ? "stop" : "warn"} size={20} /> : null}
-          <span>{CELL_TEXT[job.status === "done" && failed ? "unavailable" : job.status]}</span>
+          <span>
+            {CELL_TEXT[job.status === "done" && failed ? "unavailable" : job.status]}
+            {job.status === "running" && typeof job.progress === "number" ? ` ${Math.round(job.progress * 100)}%` : ""}
+          </span>
         </div>
       )}
     </div>

@@ -29,7 +29,7 @@ export function settingsSummary(data: ImageNodeData, model: ModelCapabilities | 
 function providerLabel(p: Provider): string {
   if (p.available) return p.name;
   if (p.live_workers > 0) return `${p.name} (on ${p.live_workers} worker${p.live_workers === 1 ? "" : "s"})`;
-  return `${p.name} — unavailable: ${p.reason ?? "not configured"}`;
+  return `${p.name} (unavailable)`;
 }
 
 export const ImageSettings = memo(function ImageSettings({ id, data }: { id: string; data: ImageNodeData }) {
@@ -61,7 +61,7 @@ export const ImageSettings = memo(function ImageSettings({ id, data }: { id: str
           >
             {!knownProvider ? <option value={data.provider}>{data.provider || "—"}</option> : null}
             {providers.map((p) => (
-              <option key={p.name} value={p.name} title={p.reason ?? undefined}>
+              <option key={p.name} value={p.name} title={p.available ? undefined : `${p.name} is unavailable: ${p.reason ?? "not configured"}`}>
                 {providerLabel(p)}
               </option>
             ))}

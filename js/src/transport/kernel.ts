@@ -199,6 +199,10 @@ export class KernelTransport implements Transport {
     );
   }
 
+  imageUrl(): null {
+    return null;
+  }
+
   /** Live blob URLs (tests check they are revoked when nothing shows them). */
   get liveImageUrls(): number {
     return this.images.liveUrls;

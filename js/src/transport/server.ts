@@ -133,9 +133,14 @@ export class ServerTransport implements Transport {
   }
 
   loadImage(image: Image, variant: ImageVariant): ImageLease {
+    const { src, fallback } = this.imageUrl(image, variant);
+    return { src: Promise.resolve(src), fallback, release: () => undefined };
+  }
+
+  imageUrl(image: Image, variant: ImageVariant): { src: string; fallback: string | null } {
     const src = this.imageSrc(image, variant);
     const content = this.contentUrl(image.id, variant);
-    return { src: Promise.resolve(src), fallback: src === content ? null : content, release: () => undefined };
+    return { src, fallback: src === content ? null : content };
   }
 
   /** The signed URL the Image carries while it is fresh and allowed, else this server's content route. */

@@ -35,6 +35,8 @@ export interface Transport {
   subscribe(listener: (message: StreamMessage) => void): () => void;
   onConnection(listener: (state: ConnectionState) => void): () => void;
   loadImage(image: Image, variant: ImageVariant): ImageLease;
+  /** A URL to show the image with at once (the server's signed URL), or null where bytes must be fetched first. */
+  imageUrl(image: Image, variant: ImageVariant): { src: string; fallback: string | null } | null;
   /** Where image URLs may come from besides this server (GET health's `storage_origin`). */
   setStorageOrigin(origin: string | null): void;
   dispose(): void;
