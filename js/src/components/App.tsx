@@ -6,6 +6,7 @@ import type { WidgetModel } from "../widget";
 import { Compare } from "./Compare";
 import { ControllerContext, useCanvas } from "./context";
 import { Flow } from "./Flow";
+import { keepFocus, keepKeys, suppressShortcuts } from "./keys";
 import { Lightbox } from "./Lightbox";
 
 const MIN_HEIGHT = 240;
@@ -61,6 +62,8 @@ export function App({ view, model }: { view: CanvasView; model: WidgetModel }) {
       tabIndex={0}
       style={{ height: shown }}
       onPointerDownCapture={keepFocus}
+      onKeyDown={keepKeys}
+      onFocus={suppressShortcuts}
     >
       <ErrorBoundary>
         <Body state={state} theme={theme} />
@@ -76,20 +79,6 @@ export function App({ view, model }: { view: CanvasView; model: WidgetModel }) {
       />
     </div>
   );
-}
-
-/**
- * The pane swallows its mousedown (d3-zoom), so clicking it would leave the focus where it was (a notebook
- * cell) and the canvas's shortcuts would go nowhere: keep the focus inside the canvas.
- */
-function keepFocus(e: PointerEvent<HTMLDivElement>): void {
-  const root = e.currentTarget;
-  const target = e.target as HTMLElement;
-  if (target.closest("input, textarea, select, button, [contenteditable='true']")) return;
-  const active = document.activeElement;
-  if (!active || !root.contains(active) || active === document.body) {
-    (root.querySelector<HTMLElement>(".ic-flow") ?? root).focus({ preventScroll: true });
-  }
 }
 
 function Body({ state, theme }: { state: ViewState; theme: string }) {

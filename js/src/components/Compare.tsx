@@ -4,6 +4,7 @@ import { createPortal } from "react-dom";
 import type { Job } from "../api/types";
 import { useImageSource } from "../images/use-image";
 import { groupHistory } from "../state/history";
+import { suppressShortcuts } from "./keys";
 import { useCanvas, useController } from "./context";
 import { Icon } from "./ui";
 
@@ -34,7 +35,7 @@ function CompareView({ theme }: { theme: string }) {
     }
   };
   return (
-    <div className={`ic-root ic-portal ${theme}`} data-lm-suppress-shortcuts="true" data-p-suppress-shortcuts="true">
+    <div className={`ic-root ic-portal ${theme}`} data-lm-suppress-shortcuts="true" data-p-suppress-shortcuts="true" onFocus={suppressShortcuts}>
       <div className="ic-lightbox ic-compare" data-testid="compare" role="dialog" aria-modal="true" aria-label="Compare results" tabIndex={-1} ref={ref} onKeyDown={onKeyDown}>
         <button type="button" className="ic-lightbox-close" title="Close (Esc)" onClick={close}>
           <Icon name="close" size={20} />

@@ -163,7 +163,7 @@ export function Flow({ initialViewport }: { initialViewport: Viewport | null }) 
   );
 
   return (
-    <div className="ic-flow" tabIndex={-1} onDoubleClick={onDoubleClick} onDragOver={onDragOver} onDrop={onDrop} onKeyDown={onKeyDown}>
+    <div className="ic-flow" tabIndex={-1} data-lm-suppress-shortcuts="true" onDoubleClick={onDoubleClick} onDragOver={onDragOver} onDrop={onDrop} onKeyDown={onKeyDown}>
       <ReactFlow<FlowNode>
         nodes={nodes}
         edges={edges}

@@ -6,6 +6,7 @@ import { useImageSource } from "../images/use-image";
 import { durationSeconds, groupHistory } from "../state/history";
 import { setCurrentJob, updateNodeData } from "../state/store";
 import { isImageNode, nodeById } from "../state/graph";
+import { suppressShortcuts } from "./keys";
 import { useCanvas, useController } from "./context";
 import { Icon, formatCost, formatDuration, specLines } from "./ui";
 
@@ -54,6 +55,7 @@ function LightboxView({ nodeId, jobId, theme }: { nodeId: string; jobId: string;
       className={`ic-root ic-portal ${theme}`}
       data-lm-suppress-shortcuts="true"
       data-p-suppress-shortcuts="true"
+      onFocus={suppressShortcuts}
     >
       <div className="ic-lightbox" data-testid="lightbox" role="dialog" aria-modal="true" aria-label="Result" tabIndex={-1} ref={ref} onKeyDown={onKeyDown} onClick={(e) => e.target === e.currentTarget && close()}>
         <button type="button" className="ic-lightbox-close" data-testid="lightbox-close" title="Close (Esc)" onClick={close}>

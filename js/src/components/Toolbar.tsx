@@ -25,8 +25,16 @@ export const Toolbar = memo(function Toolbar() {
   /** New nodes go near the top left of what is in view, beside (never over) the nodes already there. */
   const spot = (type: "prompt" | "image") => {
     const box = flowStore.getState().domNode?.getBoundingClientRect();
-    const p = box ? flow.screenToFlowPosition({ x: box.left + box.width / 3, y: box.top + 90 }) : { x: 0, y: 0 };
-    return freeSpot(store.getState().nodes, { x: Math.round(p.x), y: Math.round(p.y) }, type);
+    if (!box) return freeSpot(store.getState().nodes, { x: 0, y: 0 }, type);
+    const topLeft = flow.screenToFlowPosition({ x: box.left + 40, y: box.top + 80 });
+    const bottomRight = flow.screenToFlowPosition({ x: box.right - 40, y: box.bottom - 40 });
+    const columns = Math.floor((bottomRight.x - topLeft.x) / 340);
+    const at = freeSpot(store.getState().nodes, { x: Math.round(topLeft.x), y: Math.round(topLeft.y) }, type, columns);
+    if (at.x + 300 > bottomRight.x || at.y + 200 > bottomRight.y) {
+      // No room in view: show where it went.
+      void flow.setCenter(at.x + 150, at.y + 250, { zoom: flow.getZoom(), duration: 300 });
+    }
+    return at;
   };
 
   return (

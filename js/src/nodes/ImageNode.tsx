@@ -42,7 +42,8 @@ function ImageNodeView({ id, selected }: NodeProps<ImageFlowNode>) {
   const viewIndex = viewing ? groups.findIndex((g) => g.key === viewing) : currentIndex >= 0 ? currentIndex : groups.length - 1;
   const group = viewIndex >= 0 ? groups[viewIndex] : undefined;
   const shown: Job | undefined = group ? (group.jobs.find((j) => j.id === currentJobId) ?? group.jobs[0]) : undefined;
-  const status: NodeStatusWord = group ? groupStatus(group) : "idle";
+  // While Generate's POSTs are out the node already says pending: the jobs exist a moment later.
+  const status: NodeStatusWord = submitting && !viewing ? "pending" : group ? groupStatus(group) : "idle";
   const message = useCanvas((s) => (shown ? s.jobMessages[shown.id] : undefined));
 
   if (!data) return null;
@@ -222,9 +223,9 @@ const ResultView = memo(function ResultView(props: {
   return (
     <div className={`ic-result${grid ? " ic-result-grid" : ""}`} data-testid="node-result">
       {jobs.length === 0 ? (
-        <div className="ic-placeholder">
+        <div className={`ic-placeholder${status === "pending" ? " ic-shimmer" : ""}`}>
           <Icon name="image" size={28} />
-          <span>No image yet</span>
+          <span>{status === "pending" ? "Submitting…" : "No image yet"}</span>
         </div>
       ) : grid ? (
         jobs.map((job) => (

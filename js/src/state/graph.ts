@@ -180,15 +180,20 @@ function box(node: FlowNode): { x: number; y: number; w: number; h: number } {
   };
 }
 
-/** The first place at or right of `at` (then row by row below) where a new node overlaps none. */
-export function freeSpot(nodes: readonly FlowNode[], at: { x: number; y: number }, type: FlowNode["type"]): { x: number; y: number } {
+/** The first place at or right of `at` (`columns` wide, then row by row below) where a new node overlaps none. */
+export function freeSpot(
+  nodes: readonly FlowNode[],
+  at: { x: number; y: number },
+  type: FlowNode["type"],
+  columns = 12,
+): { x: number; y: number } {
   const w = type === "image" ? 300 : 280;
   const h = type === "image" ? 560 : 240;
   const boxes = nodes.map(box);
   const clear = (x: number, y: number) =>
     boxes.every((b) => x + w + GAP <= b.x || b.x + b.w + GAP <= x || y + h + GAP <= b.y || b.y + b.h + GAP <= y);
   for (let row = 0; row < 20; row += 1) {
-    for (let col = 0; col < 12; col += 1) {
+    for (let col = 0; col < Math.max(1, columns); col += 1) {
       const x = at.x + col * (w + GAP);
       const y = at.y + row * (h + GAP);
       if (clear(x, y)) return { x, y };
