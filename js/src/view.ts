@@ -90,6 +90,14 @@ export class CanvasView {
     this.report(phase, controller, status === "ready" ? null : status);
   }
 
+  /** Start the canvas again (after the backend could not load it). */
+  async retry(): Promise<void> {
+    const old = this.state.controller;
+    this.report("choosing", null, null);
+    if (old) await old.dispose();
+    if (!this.disposed) await this.run();
+  }
+
   private async restart(): Promise<void> {
     const old = this.state.controller;
     if (old && old.canvasId === this.model.get("canvas_id")) return;

@@ -66,7 +66,7 @@ export function App({ view, model }: { view: CanvasView; model: WidgetModel }) {
       onFocus={suppressShortcuts}
     >
       <ErrorBoundary>
-        <Body state={state} theme={theme} />
+        <Body state={state} theme={theme} onRetry={() => void view.retry()} />
       </ErrorBoundary>
       <ResizeHandle
         height={shown}
@@ -81,28 +81,29 @@ export function App({ view, model }: { view: CanvasView; model: WidgetModel }) {
   );
 }
 
-function Body({ state, theme }: { state: ViewState; theme: string }) {
+function Body({ state, theme, onRetry }: { state: ViewState; theme: string; onRetry: () => void }) {
   const { controller, phase, message } = state;
   if (!controller || (phase === "choosing" && !controller)) {
     return phase === "unavailable" ? <Missing message={message} /> : <Loading text="Connecting to imagen…" />;
   }
   return (
     <ControllerContext.Provider value={controller}>
-      <Loaded phase={phase} message={message} theme={theme} />
+      <Loaded phase={phase} message={message} theme={theme} onRetry={onRetry} />
     </ControllerContext.Provider>
   );
 }
 
-function Loaded({ phase, message, theme }: { phase: ViewState["phase"]; message: string | null; theme: string }) {
+function Loaded({ phase, message, theme, onRetry }: { phase: ViewState["phase"]; message: string | null; theme: string; onRetry: () => void }) {
   const syncState = useCanvas((s) => s.syncState);
   const storePhase = useCanvas((s) => s.phase);
   const viewport = useCanvas((s) => s.viewport);
   const nodeCount = useCanvas((s) => s.nodes.length);
   const initial = useRef<{ x: number; y: number; zoom: number } | null | undefined>(undefined);
-  if (storePhase === "starting" || syncState === "loading") {
-    if (phase === "unavailable") return <Missing message={message} />;
-    return <Loading text="Loading the canvas…" />;
+  if (storePhase === "unavailable" || (phase === "unavailable" && syncState === "loading")) {
+    // The canvas could not be loaded: editing an empty stand-in would lose the edits, so say so and offer a retry.
+    return <Missing message={message} onRetry={onRetry} />;
   }
+  if (storePhase === "starting" || syncState === "loading") return <Loading text="Loading the canvas…" />;
   if (initial.current === undefined) {
     const saved = viewport.x !== 0 || viewport.y !== 0 || viewport.zoom !== 1;
     initial.current = saved ? viewport : nodeCount ? null : { x: 0, y: 0, zoom: 1 };
@@ -130,12 +131,17 @@ function Loading({ text }: { text: string }) {
   );
 }
 
-function Missing({ message }: { message: string | null }) {
+function Missing({ message, onRetry }: { message: string | null; onRetry?: () => void }) {
   return (
     <div className="ic-center">
       <div className="ic-missing" data-testid="canvas-missing" role="alert">
         <strong>The imagen canvas cannot start</strong>
         <p>{message ?? "The imagen backend is not reachable."}</p>
+        {onRetry ? (
+          <button type="button" className="ic-button" data-testid="canvas-retry" onClick={onRetry}>
+            Try again
+          </button>
+        ) : null}
       </div>
     </div>
   );
