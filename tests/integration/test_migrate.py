@@ -23,6 +23,7 @@ EXPECTED_TABLES = {
     "canvases",
     "canvas_nodes",
     "canvas_edges",
+    "workers",
     "provider_limits",
     "provider_slots",
     "schema_migrations",

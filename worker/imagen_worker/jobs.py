@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import getpass
+import os
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -11,7 +13,7 @@ from typing import Any
 
 import asyncpg
 
-from .errors import JobNotFound
+from .errors import ConfigError, JobNotFound
 from .queries import q
 from .spec import ImagePromptSpec
 
@@ -20,9 +22,34 @@ from .spec import ImagePromptSpec
 _LOCAL_NAMESPACE = uuid.UUID("5b0c0f4e-2f1d-4c59-9d0a-8f6f1f5c7e21")
 
 
+_HUB_NAMESPACE = uuid.UUID("a3e1c2d4-6b7f-4e0a-9c15-2f8d4b6a7e90")
+
+
 def local_owner_id(username: str | None = None) -> uuid.UUID:
     """The owner id of a local (non-JupyterHub) user."""
     return uuid.uuid5(_LOCAL_NAMESPACE, username or getpass.getuser())
+
+
+def hub_owner_id(hub_user: str) -> uuid.UUID:
+    """The owner id of a JupyterHub user, from the hub's user name."""
+    return uuid.uuid5(_HUB_NAMESPACE, hub_user)
+
+
+def default_owner_id(environ: Mapping[str, str] | None = None) -> uuid.UUID:
+    """Whose jobs this process works with: IMAGEN_OWNER_USER_ID when set; under JupyterHub, the user the
+    server belongs to (JUPYTERHUB_USER, not whoever is calling); else this login's local owner id.
+    The CLI, the server extension, its kernels and the notebook API all agree on it."""
+    env = os.environ if environ is None else environ
+    configured = (env.get("IMAGEN_OWNER_USER_ID") or "").strip()
+    if configured:
+        try:
+            return uuid.UUID(configured)
+        except ValueError:
+            raise ConfigError(f"IMAGEN_OWNER_USER_ID={configured!r} is not a UUID") from None
+    hub_user = (env.get("JUPYTERHUB_USER") or "").strip()
+    if hub_user:
+        return hub_owner_id(hub_user)
+    return local_owner_id()
 
 
 @dataclass(frozen=True)

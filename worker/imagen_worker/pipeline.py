@@ -97,6 +97,10 @@ class ImagePipeline:
             cost_usd=next((c for c in (result.cost_usd, list_usd, caps.price_usd) if c is not None), None),
         )
 
+    def available_providers(self) -> list[str]:
+        """The providers this pipeline can run jobs of here and now (installed, configured)."""
+        return [name for name in self.providers.names() if self.providers.unavailable_reason(name) is None]
+
     async def aclose(self) -> None:
         """Close provider and storage clients (the worker calls this when it stops)."""
         await self.providers.aclose()

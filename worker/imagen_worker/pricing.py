@@ -31,6 +31,7 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from .errors import ConfigError
 from .queries import queries
@@ -241,7 +242,7 @@ def _usd(value: Decimal | None) -> float:
 
 
 async def usage_report(
-    conn: asyncpg.Connection | asyncpg.Pool, *, since: datetime | None = None, owner_user_id: UUID | None = None
+    conn: asyncpg.Connection | asyncpg.Pool | PoolConnectionProxy, *, since: datetime | None = None, owner_user_id: UUID | None = None
 ) -> dict[str, Any]:
     """Counts by status, run and queue-wait percentiles and cost by provider/model, for jobs created
     at or after `since` (all jobs when None), optionally of one owner."""

@@ -23,7 +23,7 @@ import asyncpg
 
 from .errors import DatabaseError, JobError, JobTimeout, RetryableJobError
 from .jobs import Job
-from .queries import q
+from .queries import q, queries
 from .redact import caller_message
 
 log = logging.getLogger("imagen.worker")
@@ -53,6 +53,9 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.InterfaceError,
     asyncpg.CannotConnectNowError,
     asyncpg.AdminShutdownError,
+    # "cannot switch to state …; another operation is in progress": a connection a restart left in the
+    # middle of a protocol exchange. The statement did not run; like a lost connection, retry it.
+    asyncpg.InternalClientError,
 )
 
 
@@ -99,6 +102,12 @@ class WorkerConfig:
     retry_base_seconds: float = 2.0
     retry_cap_seconds: float = 300.0
     reconnect_cap_seconds: float = 1.0
+    # The live-worker registry (imagen.workers): the worker beats every third of this; a worker
+    # silent for longer is no longer live (a crash ages out).
+    stale_seconds: float = 30.0
+    # The providers this worker runs jobs of, as registered; None asks the handler
+    # (`available_providers()`, as ImagePipeline has), else none are named.
+    providers: tuple[str, ...] | None = None
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}")
 
     def __post_init__(self) -> None:
@@ -110,6 +119,8 @@ class WorkerConfig:
             raise ValueError("concurrency must be at least 1")
         if self.prefetch < 0:
             raise ValueError("prefetch must be 0 or more")
+        if self.stale_seconds < 1:
+            raise ValueError("stale_seconds must be at least 1")
 
 
 class JobContext:
@@ -296,6 +307,7 @@ class Worker:
             asyncio.create_task(self._flush_loop(), name="imagen-flush"),
             asyncio.create_task(self._heartbeat_loop(), name="imagen-heartbeat"),
             asyncio.create_task(self._maintenance_loop(), name="imagen-maintenance"),
+            asyncio.create_task(self._registry_loop(), name="imagen-registry"),
         ]
         if not self.config.poll_only:
             self._background.append(asyncio.create_task(self._listen_loop(), name="imagen-listen"))
@@ -329,6 +341,8 @@ class Worker:
         for t in self._background:
             t.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
+        with contextlib.suppress(*CONNECTION_ERRORS):
+            await self.pool.execute(_workers_q("deregister_worker"), self.config.worker_id)
         if self._listener is not None:
             with contextlib.suppress(Exception):
                 await self._listener.close()
@@ -597,8 +611,12 @@ class Worker:
                 "fail",
                 attempts=5,
             )
-        except CONNECTION_ERRORS:
-            log.error("job=%s could not record its failure; its lease will return it", job.id)
+        except Exception as write_error:
+            # Whatever the write raised, the caller must still free the slot (a job left in _running
+            # would have its lease renewed forever); the expired lease returns the job to the queue.
+            log.error(
+                "job=%s could not record its failure (%s); its lease will return it", job.id, type(write_error).__name__
+            )
             return
         if row is None:
             return  # cancelled or reaped meanwhile
@@ -709,6 +727,39 @@ class Worker:
                 elif job_id in self._running or job_id in self._ready:
                     self._abort(job_id, by_owner=False)
 
+    def _registry_row(self) -> tuple[Any, ...]:
+        providers = self.config.providers
+        if providers is None:
+            available = getattr(self.handler, "available_providers", None)
+            providers = tuple(available()) if available is not None else ()
+        return (
+            self.config.worker_id,
+            socket.gethostname(),
+            os.getpid(),
+            self.config.scope,
+            self._owner,
+            list(providers),
+            self.config.concurrency,
+        )
+
+    async def _registry_loop(self) -> None:
+        """Register in imagen.workers, beat every third of stale_seconds, and prune rows of workers
+        that crashed long ago; shutdown deregisters."""
+        row = self._registry_row()
+        interval = self.config.stale_seconds / 3
+        statement = _workers_q("register_worker")
+        beats = 0
+        while True:
+            try:
+                await self.pool.execute(statement, *row)
+                statement = _workers_q("beat_worker")
+                if beats % 100 == 0:
+                    await self.pool.execute(_workers_q("prune_workers"), max(3600.0, 10 * self.config.stale_seconds))
+                beats += 1
+            except CONNECTION_ERRORS as exc:
+                log.warning("registry beat failed (%s)", type(exc).__name__)
+            await asyncio.sleep(interval)
+
     async def _maintenance_loop(self) -> None:
         """Reap expired leases (any worker's) at start and every poll interval; in poll-only mode, also wake."""
         while True:
@@ -749,6 +800,10 @@ class Worker:
                 log.warning("%s: database unavailable (%s); retrying in %.2f s", what, type(exc).__name__, delay)
                 await asyncio.sleep(delay)
                 delay = min(self.config.reconnect_cap_seconds, delay * 2)
+
+
+def _workers_q(name: str) -> str:
+    return queries("workers.sql")[name]
 
 
 async def _keep_session(_conn: asyncpg.Connection) -> None:

@@ -108,5 +108,10 @@ def format_validation_error(exc: ValidationError) -> str:
             message = f"is not a spec field; the fields are {allowed}"
         elif err["type"] == "literal_error":
             message = message.replace("Input should be", "must be one of")
+        elif err["type"] == "string_too_short":
+            message = "is empty; describe the image to generate" if field == "prompt" else "is empty"
+        elif err["type"] == "string_too_long":
+            limit = (err.get("ctx") or {}).get("max_length")
+            message = f"is {len(str(err.get('input', '')))} characters long; the limit is {limit}"
         parts.append(f"spec.{field}: {message.removeprefix('Value error, ')}")
     return "; ".join(parts)

@@ -22,10 +22,15 @@ _LAZY = {
 def _lazy(path: str) -> Callable[[], Provider]:
     def factory() -> Provider:
         module_name, _, attr = path.partition(":")
+        name = module_name.rsplit(".", 1)[-1]
         try:
             module = importlib.import_module(module_name)
         except ImportError as exc:
-            raise SpecError(f"provider {module_name.rsplit('.', 1)[-1]!r} is not installed here: {exc}") from None
+            missing = exc.name or str(exc)
+            raise SpecError(
+                f"provider: {name!r} is not installed here (package {missing} is missing); "
+                f"pip install 'imagen-worker[{name}]'"
+            ) from None
         cls: Callable[[], Provider] = getattr(module, attr)
         return cls()
 
@@ -62,6 +67,15 @@ class ProviderRegistry:
 
     def names(self) -> list[str]:
         return sorted(self._factories)
+
+    def unavailable_reason(self, name: str) -> str | None:
+        """Why provider `name` cannot run jobs in this process now (not installed, a key or endpoint
+        unset), or None when it can."""
+        try:
+            provider = self.get(name)
+        except SpecError as exc:
+            return str(exc).removeprefix("provider: ")
+        return provider.unavailable_reason()
 
     async def aclose(self) -> None:
         """Close every provider instantiated so far."""

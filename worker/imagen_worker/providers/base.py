@@ -29,6 +29,9 @@ class Capabilities:
     max_side: int = 4096
     default_size: str | None = None
     price_usd: Decimal | None = None
+    # The longest prompt the model takes, in characters (the enriched prompt: style modifiers
+    # included); never more than the 32,000 the job row holds.
+    max_prompt_chars: int = 32000
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -42,6 +45,7 @@ class Capabilities:
             "cancel": self.cancel,
             "max_side": self.max_side,
             "default_size": self.default_size,
+            "max_prompt_chars": self.max_prompt_chars,
             "price_usd": str(self.price_usd) if self.price_usd is not None else None,
         }
 
@@ -77,6 +81,15 @@ class Provider(abc.ABC):
     name: ClassVar[str]
     models: ClassVar[dict[str, Capabilities]]
 
+    @property
+    def default_model(self) -> str:
+        """The model a job gets when it names none: the first of the table."""
+        return next(iter(self.models))
+
+    def unavailable_reason(self) -> str | None:
+        """Why this provider cannot run jobs in this process now (a missing key or endpoint), or None."""
+        return None
+
     def capabilities(self, model: str) -> Capabilities:
         try:
             return self.models[model]
@@ -89,6 +102,11 @@ class Provider(abc.ABC):
         """Refuse, before any call, a spec this provider's model cannot honour."""
         caps = self.capabilities(model)
         problems: list[str] = []
+        if len(spec.prompt) > caps.max_prompt_chars:
+            problems.append(
+                f"spec.prompt: {len(spec.prompt)} characters is over the {caps.max_prompt_chars} that "
+                f"{self.name}/{model} takes; shorten it"
+            )
         if spec.size is not None:
             w, h = spec.dimensions or (0, 0)
             if caps.sizes and spec.size not in caps.sizes:

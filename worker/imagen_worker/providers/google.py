@@ -163,6 +163,11 @@ class GoogleProvider(Provider):
 
     # -- generation -----------------------------------------------------------------------------
 
+    def unavailable_reason(self) -> str | None:
+        if self._api_key or self._project:
+            return None
+        return "neither GOOGLE_API_KEY (Gemini API) nor GOOGLE_CLOUD_PROJECT (Vertex AI) is set"
+
     async def generate(self, request: GenerationRequest, ctx: JobContext) -> ProviderResult:
         if _is_gemini(request.model):
             return await self._gemini(request, ctx)

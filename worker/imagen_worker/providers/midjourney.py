@@ -90,6 +90,9 @@ class MidjourneyProvider(Provider):
         if problems:
             raise SpecError("; ".join(problems))
 
+    def unavailable_reason(self) -> str | None:
+        return None if self.base_url else "MIDJOURNEY_BASE_URL is not set (the URL of your midjourney-proxy server)"
+
     async def generate(self, request: GenerationRequest, ctx: JobContext) -> ProviderResult:
         async with self._client() as http:
             task: dict[str, Any] | None = None

@@ -73,6 +73,7 @@ class OpenAIProvider(Provider):
             max_side=1792,
             default_size="1024x1024",
             price_usd=Decimal("0.040"),  # standard 1024x1024
+            max_prompt_chars=4000,
         ),
     }
 
@@ -117,6 +118,9 @@ class OpenAIProvider(Provider):
             raise SpecError("; ".join(problems))
 
     # -- generation -----------------------------------------------------------------------------
+
+    def unavailable_reason(self) -> str | None:
+        return None if self._api_key else "OPENAI_API_KEY is not set"
 
     async def generate(self, request: GenerationRequest, ctx: JobContext) -> ProviderResult:
         model = request.model

@@ -134,6 +134,9 @@ class ReplicateProvider(Provider):
             return GENERIC
         return super().capabilities(model)
 
+    def unavailable_reason(self) -> str | None:
+        return None if self._token else "REPLICATE_API_TOKEN is not set"
+
     async def generate(self, request: GenerationRequest, ctx: JobContext) -> ProviderResult:
         cancelled = False
         try:

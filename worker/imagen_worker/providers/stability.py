@@ -61,6 +61,7 @@ def _caps(price: str, *, edit: bool = False, negative_prompt: bool = True, ratio
         negative_prompt=negative_prompt,
         edit=edit,
         price_usd=Decimal(price),
+        max_prompt_chars=10000,  # the v2beta APIs' documented prompt limit
     )
 
 
@@ -114,6 +115,9 @@ class StabilityProvider(Provider):
                 problems.append(f"spec.size/aspect_ratio: stability/{model} keeps the previous image's shape")
         if problems:
             raise SpecError("; ".join(problems))
+
+    def unavailable_reason(self) -> str | None:
+        return None if self._api_key else "STABILITY_API_KEY is not set"
 
     async def generate(self, request: GenerationRequest, ctx: JobContext) -> ProviderResult:
         route = ROUTES[request.model]

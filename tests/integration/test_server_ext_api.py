@@ -1,0 +1,568 @@
+"""The server extension's REST API and event socket, through a real Jupyter server on real Postgres."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import urllib.parse
+import uuid
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from tornado.httpclient import HTTPClientError
+
+from ..server_helpers import api, finished, message, messages_until, ready
+
+
+@pytest.fixture
+def imagen_config(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """ImagenCanvasApp settings of one test, from `@config(...)` (indirect parametrization)."""
+    return dict(getattr(request, "param", {}))
+
+
+@pytest.fixture
+def jp_server_config(
+    db_url: str, data_dir: Path, imagen_config: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> dict[str, Any]:
+    monkeypatch.setenv("IMAGEN_DATA_DIR", str(data_dir))
+    for name in ("OPENAI_API_KEY", "STABILITY_API_KEY", "REPLICATE_API_TOKEN", "GOOGLE_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    return {
+        "ServerApp": {"jpserver_extensions": {"imagen_canvas_server": True}},
+        "ImagenCanvasApp": {"database_url": db_url, "poll_interval": 0.5, **imagen_config},
+    }
+
+
+@pytest.fixture(autouse=True)
+def _extension_stops_before_its_database_is_dropped(jp_serverapp: Any, jp_asyncio_loop: Any, db_url: str) -> Any:
+    yield
+    for app in jp_serverapp.extension_manager.extension_apps.get("imagen_canvas_server", ()):
+        jp_asyncio_loop.run_until_complete(app.stop_extension())
+
+
+def config(**values: Any) -> Any:
+    return pytest.mark.parametrize("imagen_config", [values], indirect=True)
+
+
+async def post_job(jp_fetch: Any, body: dict[str, Any], **kw: Any) -> dict[str, Any]:
+    status, job = await api(jp_fetch, "jobs", method="POST", body=body, **kw)
+    assert status == 201, job
+    return dict(job)
+
+
+async def test_a_local_job_shows_pending_running_done_on_the_socket_and_its_image_loads(
+    jp_fetch: Any, jp_ws_fetch: Any
+) -> None:
+    await ready(jp_fetch)
+    ws = await jp_ws_fetch("imagen", "api", "events")
+    hello = await message(ws)
+    assert hello["kind"] == "hello" and hello["cursor"]
+    job = await post_job(jp_fetch, {"prompt": "a red fox", "node_id": "n1", "seed": 7})
+    assert job["status"] == "pending" and job["provider"] == "local" and job["node_id"] == "n1"
+    events = await messages_until(ws, finished(job["id"]))
+    mine = [e for e in events if e.get("job_id") == job["id"] and e["kind"] == "state"]
+    assert [e["status"] for e in mine] == ["running", "done"]
+    assert all(e["node_id"] == "n1" and e["cursor"] for e in mine)
+    assert mine[-1]["image_id"]
+    status, done = await api(jp_fetch, "jobs", job["id"])
+    assert status == 200 and done["status"] == "done" and done["image"]["seed"] == 7
+    assert done["image"]["width"] == done["image"]["height"] == 512
+    for key in ("url", "thumbnail_url"):
+        url = done["image"][key]
+        assert url.startswith("/a%40b/imagen/files/")
+        response = await jp_fetch(
+            url.split("/a%40b/", 1)[1].split("?")[0],
+            params=dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(url).query)),
+        )
+        assert response.code == 200
+        assert response.body[:4] in (b"\x89PNG", b"RIFF")
+    ws.close()
+
+
+BAD_BODIES = [
+    ({"prompt": "x", "colour": "red"}, "unknown_field", "colour"),
+    ({"prompt": ""}, "invalid_field", "prompt"),
+    ({"prompt": "   "}, "invalid_field", "prompt"),
+    ({}, "invalid_field", "prompt"),
+    ({"prompt": "x" * 32001}, "invalid_field", "prompt"),
+    ({"prompt": "x" * 4001, "provider": "openai", "model": "dall-e-3"}, "invalid_field", "prompt"),
+    ({"prompt": "x", "provider": "dalle"}, "invalid_field", "provider"),
+    ({"prompt": "x", "model": "local-v9"}, "invalid_field", "model"),
+    ({"prompt": "x", "provider": "openai", "size": "512x512"}, "invalid_field", "size"),
+    ({"prompt": "x", "size": "big"}, "invalid_field", "size"),
+    ({"prompt": "x", "provider": "openai", "model": "dall-e-3", "quality": "low"}, "invalid_field", "quality"),
+    ({"prompt": "x", "provider": "openai", "seed": 3}, "invalid_field", "seed"),
+    ({"prompt": "x", "seed": "3"}, "invalid_field", "seed"),
+    ({"prompt": "x", "seed": -1}, "invalid_field", "seed"),
+    ({"prompt": 7}, "invalid_field", "prompt"),
+    ({"prompt": "x", "style_modifiers": "oil"}, "invalid_field", "style_modifiers"),
+    ({"prompt": "x", "canvas_id": "not-a-uuid"}, "invalid_field", "canvas_id"),
+    ({"prompt": "x", "canvas_id": str(uuid.uuid4())}, "invalid_field", "canvas_id"),
+    ({"prompt": "x", "previous_image_id": str(uuid.uuid4())}, "invalid_field", "previous_image_id"),
+    ({"prompt": "x", "max_attempts": 0}, "invalid_field", "max_attempts"),
+    ({"prompt": "x", "n": 2}, "invalid_field", "n"),
+    ({"prompt": "data:image/png;base64,iVBORw0KGgoAAAANSUhEUg"}, "invalid_field", "prompt"),
+]
+
+
+@config(run_worker=False)
+@pytest.mark.parametrize(("body", "code", "field"), BAD_BODIES, ids=[f"{c[2]}-{i}" for i, c in enumerate(BAD_BODIES)])
+async def test_a_bad_job_body_is_a_400_that_names_its_field(
+    jp_fetch: Any, db_url: str, body: dict[str, Any], code: str, field: str
+) -> None:
+    await ready(jp_fetch)
+    status, answer = await api(jp_fetch, "jobs", method="POST", body=body)
+    assert status == 400, answer
+    assert answer["error"]["code"] == code
+    assert answer["error"]["field"] == field
+    assert answer["error"]["message"].startswith(field)
+    assert "Traceback" not in answer["error"]["message"]
+    conn = await asyncpg.connect(db_url)
+    try:
+        assert await conn.fetchval("select count(*) from imagen.jobs") == 0
+    finally:
+        await conn.close()
+
+
+@config(run_worker=False)
+async def test_malformed_json_and_non_objects_are_400_and_bodies_over_1_mib_are_413(jp_fetch: Any) -> None:
+    await ready(jp_fetch)
+    status, answer = await api(jp_fetch, "jobs", method="POST", body="{not json")
+    assert status == 400 and answer["error"]["code"] == "invalid_json"
+    status, answer = await api(jp_fetch, "jobs", method="POST", body="[1, 2]")
+    assert status == 400 and answer["error"]["code"] == "invalid_json"
+    status, answer = await api(jp_fetch, "jobs", method="POST", body=json.dumps({"prompt": "x" * (1024 * 1024)}))
+    assert status == 413 and answer["error"]["code"] == "payload_too_large"
+
+
+async def test_every_route_refuses_a_request_without_authentication(jp_fetch: Any, jp_ws_fetch: Any) -> None:
+    await ready(jp_fetch)
+    no_auth = {"Authorization": ""}
+    for method, parts in [
+        ("GET", ("jobs",)),
+        ("POST", ("jobs",)),
+        ("GET", ("health",)),
+        ("GET", ("providers",)),
+        ("PUT", ("canvases", str(uuid.uuid4()))),
+        ("GET", ("stats",)),
+    ]:
+        status, answer = await api(
+            jp_fetch, *parts, method=method, body={"prompt": "x"} if method != "GET" else None, headers=no_auth
+        )
+        assert status in (401, 403), (method, parts, status)
+        assert answer["error"]["code"] in ("unauthorized", "forbidden", "xsrf")
+    with pytest.raises(HTTPClientError) as err:
+        await jp_ws_fetch("imagen", "api", "events", headers=no_auth)
+    assert err.value.code in (401, 403)
+    with pytest.raises(HTTPClientError) as err:
+        await jp_fetch("imagen", "files", "images", "x.png", headers=no_auth)
+    assert err.value.code in (401, 403)
+
+
+async def _login_cookies(jp_fetch: Any, token: str) -> dict[str, str]:
+    """Log in with the token the way a browser does, and return the cookies it gets."""
+    page = await jp_fetch("login", headers={"Authorization": ""})
+    cookies = _cookies(page.headers.get_list("Set-Cookie"))
+    body = urllib.parse.urlencode({"password": token, "_xsrf": cookies["_xsrf"]})
+    try:
+        await jp_fetch(
+            "login",
+            method="POST",
+            body=body,
+            follow_redirects=False,
+            headers={"Authorization": "", "Cookie": _cookie_header(cookies)},
+        )
+    except HTTPClientError as exc:  # the redirect after a successful login
+        assert exc.response is not None and exc.code == 302, exc
+        cookies.update(_cookies(exc.response.headers.get_list("Set-Cookie")))
+    return cookies
+
+
+def _cookies(headers: list[str]) -> dict[str, str]:
+    out = {}
+    for header in headers:
+        name, _, rest = header.partition("=")
+        out[name.strip()] = rest.split(";", 1)[0]
+    return out
+
+
+def _cookie_header(cookies: dict[str, str]) -> str:
+    return "; ".join(f"{k}={v}" for k, v in cookies.items())
+
+
+@config(run_worker=False)
+async def test_a_cookie_authenticated_write_needs_the_xsrf_token(jp_fetch: Any, jp_serverapp: Any) -> None:
+    await ready(jp_fetch)
+    cookies = await _login_cookies(jp_fetch, jp_serverapp.identity_provider.token)
+    browser = {"Authorization": "", "Cookie": _cookie_header(cookies)}
+    status, answer = await api(jp_fetch, "jobs", headers=browser)
+    assert status == 200, answer  # a read needs no XSRF token
+    status, answer = await api(jp_fetch, "jobs", method="POST", body={"prompt": "x"}, headers=browser)
+    assert status == 403 and answer["error"]["code"] == "xsrf", answer
+    status, answer = await api(
+        jp_fetch, "jobs", method="POST", body={"prompt": "x"}, headers={**browser, "X-XSRFToken": cookies["_xsrf"]}
+    )
+    assert status == 201, answer
+
+
+@config(run_worker=False)
+async def test_a_repeated_post_with_the_same_idempotency_key_returns_the_same_job(jp_fetch: Any, db_url: str) -> None:
+    await ready(jp_fetch)
+    first = await post_job(jp_fetch, {"prompt": "a fox"}, headers={"Idempotency-Key": "click-1"})
+    again = await post_job(jp_fetch, {"prompt": "a fox"}, headers={"Idempotency-Key": "click-1"})
+    other = await post_job(jp_fetch, {"prompt": "a fox"}, headers={"Idempotency-Key": "click-2"})
+    assert again["id"] == first["id"] != other["id"]
+    conn = await asyncpg.connect(db_url)
+    try:
+        assert await conn.fetchval("select count(*) from imagen.jobs") == 2
+    finally:
+        await conn.close()
+
+
+@config(run_worker=False, max_pending_jobs=3)
+async def test_an_owner_at_the_pending_cap_gets_429_with_retry_after(jp_fetch: Any) -> None:
+    await ready(jp_fetch)
+    for i in range(3):
+        await post_job(jp_fetch, {"prompt": f"job {i}"}, headers={"Idempotency-Key": f"k{i}"})
+    with pytest.raises(HTTPClientError) as err:
+        await jp_fetch("imagen", "api", "jobs", method="POST", body=json.dumps({"prompt": "one too many"}))
+    assert err.value.code == 429
+    assert err.value.response is not None
+    assert int(err.value.response.headers["Retry-After"]) >= 1
+    assert json.loads(err.value.response.body)["error"]["code"] == "too_many_pending"
+    # A retry of an accepted request still answers with its job, cap or not.
+    again = await post_job(jp_fetch, {"prompt": "job 0"}, headers={"Idempotency-Key": "k0"})
+    assert again["prompt"] == "job 0"
+
+
+@config(run_worker=False)
+async def test_a_job_no_live_worker_can_run_says_so_in_its_json_and_on_the_socket(
+    jp_fetch: Any, jp_ws_fetch: Any
+) -> None:
+    await ready(jp_fetch)
+    ws = await jp_ws_fetch("imagen", "api", "events")
+    await message(ws)
+    job = await post_job(jp_fetch, {"prompt": "nobody will run me"})
+    assert "no worker is running" in job["waiting_for_worker"]
+    event = await message(ws)
+    assert event["kind"] == "waiting" and event["job_id"] == job["id"] and "no worker" in event["message"]
+    _status, again = await api(jp_fetch, "jobs", job["id"])
+    assert "no worker is running" in again["waiting_for_worker"]
+    ws.close()
+
+
+async def test_a_job_for_a_provider_no_live_worker_runs_says_which(jp_fetch: Any) -> None:
+    await ready(jp_fetch)
+    deadline = time.monotonic() + 10
+    while not (await api(jp_fetch, "workers"))[1]["workers"]:
+        assert time.monotonic() < deadline, "the in-process worker never registered"
+        await asyncio.sleep(0.05)
+    job = await post_job(jp_fetch, {"prompt": "x", "provider": "openai"})
+    assert "no live worker can run provider openai" in job["waiting_for_worker"]
+    assert "local" in job["waiting_for_worker"]
+
+
+async def test_health_lists_the_live_in_process_worker_and_providers_say_why_not(jp_fetch: Any) -> None:
+    await ready(jp_fetch)
+    deadline = time.monotonic() + 10
+    while True:
+        health = await ready(jp_fetch)
+        if health["workers"]:
+            break
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    worker = health["workers"][0]
+    assert worker["scope"] == "all" and "local" in worker["providers"] and worker["pid"] > 0
+    _status, table = await api(jp_fetch, "providers")
+    by_name = {p["name"]: p for p in table["providers"]}
+    assert by_name["local"]["available"] and by_name["local"]["live_workers"] == 1
+    assert by_name["openai"]["available"] is False
+    assert by_name["openai"]["reason"] == "OPENAI_API_KEY is not set"
+    assert by_name["openai"]["live_workers"] == 0
+    assert by_name["openai"]["default_model"] == "gpt-image-1"
+    assert {m["model"] for m in by_name["openai"]["models"]} >= {"gpt-image-1", "dall-e-3"}
+
+
+@config(run_worker=False)
+async def test_cancelling_a_pending_job_cancels_it_at_once(jp_fetch: Any, jp_ws_fetch: Any) -> None:
+    await ready(jp_fetch)
+    job = await post_job(jp_fetch, {"prompt": "never mind"})
+    status, after = await api(jp_fetch, "jobs", job["id"], "cancel", method="POST")
+    assert status == 200 and after["status"] == "cancelled"
+    status, answer = await api(jp_fetch, "jobs", str(uuid.uuid4()), "cancel", method="POST")
+    assert status == 404 and answer["error"]["code"] == "not_found"
+
+
+async def test_cancelling_a_running_job_stops_it(jp_fetch: Any, jp_ws_fetch: Any, db_url: str) -> None:
+    await ready(jp_fetch)
+    ws = await jp_ws_fetch("imagen", "api", "events")
+    await message(ws)
+    job = await post_job(jp_fetch, {"prompt": "slow", "options": {"delay_s": 30}})
+    await messages_until(ws, lambda m: m.get("job_id") == job["id"] and m.get("status") == "running")
+    status, after = await api(jp_fetch, "jobs", job["id"], "cancel", method="POST")
+    assert status == 200 and after["status"] == "cancelled"
+    events = await messages_until(ws, finished(job["id"]))
+    assert events[-1]["status"] == "cancelled"
+    conn = await asyncpg.connect(db_url)
+    try:
+        deadline = time.monotonic() + 10
+        while (
+            await conn.fetchval(
+                "select count(*) from imagen.job_events where job_id = $1 and kind = 'progress'", uuid.UUID(job["id"])
+            )
+            and time.monotonic() < deadline
+        ):
+            # the handler has stopped once no progress event follows the cancel for a while
+            before = await conn.fetchval(
+                "select max(id) from imagen.job_events where job_id = $1", uuid.UUID(job["id"])
+            )
+            await asyncio.sleep(8)
+            assert (
+                await conn.fetchval("select max(id) from imagen.job_events where job_id = $1", uuid.UUID(job["id"]))
+                == before
+            )
+            break
+        row = await conn.fetchrow("select status, image_id from imagen.jobs where id = $1", uuid.UUID(job["id"]))
+        assert row["status"] == "cancelled" and row["image_id"] is None
+    finally:
+        await conn.close()
+    ws.close()
+
+
+@config(run_worker=False)
+async def test_paging_through_jobs_covers_each_job_once_while_jobs_are_added(jp_fetch: Any) -> None:
+    await ready(jp_fetch)
+    before = [(await post_job(jp_fetch, {"prompt": f"old {i}"}))["id"] for i in range(23)]
+    seen: list[str] = []
+    cursor = None
+    added = 0
+    while True:
+        params = {"limit": "5", **({"cursor": cursor} if cursor else {})}
+        status, page = await api(jp_fetch, "jobs", params=params)
+        assert status == 200, page
+        seen += [j["id"] for j in page["jobs"]]
+        # new jobs arrive between pages (they are newer than every page still to come)
+        await post_job(jp_fetch, {"prompt": f"new {added}"})
+        added += 1
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert len(seen) == len(set(seen))
+    assert set(before) <= set(seen)
+    assert set(seen) - set(before) == set()  # the new ones came after the first page was read
+    status, answer = await api(jp_fetch, "jobs", params={"cursor": "garbage!"})
+    assert status == 400 and answer["error"]["field"] == "cursor"
+    status, answer = await api(jp_fetch, "jobs", params={"status": "finished"})
+    assert status == 400 and answer["error"]["field"] == "status"
+
+
+@config(run_worker=False)
+async def test_jobs_filter_by_canvas_node_status_and_provider(jp_fetch: Any) -> None:
+    await ready(jp_fetch)
+    canvas_id = str(uuid.uuid4())
+    status, _ = await api(jp_fetch, "canvases", canvas_id, method="PUT", body={"version": 0, "nodes": [], "edges": []})
+    assert status == 201
+    a = await post_job(jp_fetch, {"prompt": "a", "canvas_id": canvas_id, "node_id": "n1"})
+    b = await post_job(jp_fetch, {"prompt": "b", "canvas_id": canvas_id, "node_id": "n2"})
+    await post_job(jp_fetch, {"prompt": "c"})
+    _, page = await api(jp_fetch, "jobs", params={"canvas_id": canvas_id, "node_id": "n1"})
+    assert [j["id"] for j in page["jobs"]] == [a["id"]]
+    _, page = await api(jp_fetch, "jobs", params={"canvas_id": canvas_id})
+    assert [j["id"] for j in page["jobs"]] == [b["id"], a["id"]]
+    await api(jp_fetch, "jobs", a["id"], "cancel", method="POST")
+    _, page = await api(jp_fetch, "jobs", params={"status": "cancelled"})
+    assert [j["id"] for j in page["jobs"]] == [a["id"]]
+    _, page = await api(jp_fetch, "jobs", params={"provider": "openai"})
+    assert page["jobs"] == []
+
+
+@config(run_worker=False)
+async def test_a_stale_canvas_save_gets_409_with_the_current_canvas(jp_fetch: Any, jp_ws_fetch: Any) -> None:
+    await ready(jp_fetch)
+    ws = await jp_ws_fetch("imagen", "api", "events")
+    await message(ws)
+    canvas_id = str(uuid.uuid4())
+    graph = {
+        "nodes": [
+            {"id": "p", "type": "prompt", "position_x": 1, "position_y": 2, "data": {"text": "a fox"}},
+            {"id": "i", "type": "image", "data": {"provider": "local"}},
+        ],
+        "edges": [{"id": "e", "source": "p", "target": "i"}],
+    }
+    status, first = await api(jp_fetch, "canvases", canvas_id, method="PUT", body={"version": 0, **graph})
+    assert status == 201 and first["version"] == 1
+    event = await message(ws)
+    assert event == {**event, "kind": "canvas", "canvas_id": canvas_id, "version": 1}
+    status, second = await api(
+        jp_fetch, "canvases", canvas_id, method="PUT", body={"version": 1, "name": "Foxes", **graph}
+    )
+    assert status == 200 and second["version"] == 2
+    status, stale = await api(
+        jp_fetch, "canvases", canvas_id, method="PUT", body={"version": 1, "nodes": [], "edges": []}
+    )
+    assert status == 409 and stale["error"]["code"] == "version_conflict"
+    assert stale["current"]["version"] == 2 and stale["current"]["name"] == "Foxes"
+    assert {n["id"] for n in stale["current"]["nodes"]} == {"p", "i"}
+    status, stored = await api(jp_fetch, "canvases", canvas_id)
+    assert stored["version"] == 2 and len(stored["nodes"]) == 2 and stored["edges"][0]["target"] == "i"
+    status, answer = await api(
+        jp_fetch,
+        "canvases",
+        canvas_id,
+        method="PUT",
+        body={"version": 2, "nodes": [], "edges": [{"id": "e", "source": "p", "target": "i"}]},
+    )
+    assert status == 400 and answer["error"]["field"] == "edges[0].source"
+    status, listing = await api(jp_fetch, "canvases")
+    assert [c["id"] for c in listing["canvases"]] == [canvas_id] and listing["canvases"][0]["node_count"] == 2
+    status, _ = await api(jp_fetch, "canvases", canvas_id, method="DELETE")
+    assert status == 204
+    status, _ = await api(jp_fetch, "canvases", canvas_id)
+    assert status == 404
+    ws.close()
+
+
+async def _done_job(jp_fetch: Any, jp_ws_fetch: Any) -> dict[str, Any]:
+    ws = await jp_ws_fetch("imagen", "api", "events")
+    await message(ws)
+    job = await post_job(jp_fetch, {"prompt": "a lighthouse"})
+    await messages_until(ws, finished(job["id"]))
+    ws.close()
+    _status, done = await api(jp_fetch, "jobs", job["id"])
+    assert done["status"] == "done", done
+    return dict(done)
+
+
+async def test_file_urls_load_only_signed_unexpired_untampered_and_for_their_owner(
+    jp_fetch: Any, jp_ws_fetch: Any, jp_serverapp: Any, data_dir: Path
+) -> None:
+    await ready(jp_fetch)
+    done = await _done_job(jp_fetch, jp_ws_fetch)
+    url = done["image"]["url"]
+    path = urllib.parse.urlsplit(url).path.split("/a%40b/", 1)[1]
+    query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(url).query))
+    ok = await jp_fetch(path, params=query)
+    assert ok.code == 200 and ok.headers["Content-Type"] == "image/png"
+    assert "immutable" in ok.headers["Cache-Control"] and ok.headers["ETag"]
+    with pytest.raises(HTTPClientError) as err:
+        await jp_fetch(path, params=query, headers={"If-None-Match": ok.headers["ETag"]})
+    assert err.value.code == 304
+    storage = jp_serverapp.web_app.settings["imagen"].storage
+    rel = path.split("imagen/files/images/", 1)[1]
+    refused = [
+        {**query, "sig": "0" * 64},  # tampered
+        {**query, "expires": str(int(query["expires"]) + 1)},  # a changed expiry
+        {"expires": str(int(time.time()) - 1), "sig": storage.sign(rel, int(time.time()) - 1)},  # expired
+        {},  # unsigned
+    ]
+    for params in refused:
+        with pytest.raises(HTTPClientError) as err:
+            await jp_fetch(path, params=params)
+        assert err.value.code == 403, params
+    # Another owner's file, validly signed: refused for this owner.
+    other = f"{uuid.uuid4()}/x.png"
+    (data_dir / "store" / "images" / other).parent.mkdir(parents=True)
+    (data_dir / "store" / "images" / other).write_bytes(b"\x89PNG")
+    expires = int(time.time()) + 60
+    with pytest.raises(HTTPClientError) as err:
+        await jp_fetch(
+            "imagen", "files", "images", other, params={"expires": str(expires), "sig": storage.sign(other, expires)}
+        )
+    assert err.value.code == 403
+    # Traversal, raw, encoded or through a symlink, never leaves the store.
+    secret = data_dir / "url-signing.key"
+    owner = str(jp_serverapp.web_app.settings["imagen"].owner)
+    for name in (f"{owner}/../../url-signing.key", f"{owner}/%2e%2e/%2e%2e/url-signing.key"):
+        with pytest.raises(HTTPClientError) as err:
+            await jp_fetch(
+                f"imagen/files/images/{name}", params={"expires": str(expires), "sig": storage.sign(name, expires)}
+            )
+        assert err.value.code in (403, 404)
+    link = data_dir / "store" / "images" / owner / "leak.png"
+    link.symlink_to(secret)
+    name = f"{owner}/leak.png"
+    with pytest.raises(HTTPClientError) as err:
+        await jp_fetch(
+            "imagen", "files", "images", name, params={"expires": str(expires), "sig": storage.sign(name, expires)}
+        )
+    assert err.value.code == 404
+
+
+async def test_image_metadata_is_signed_afresh_and_its_content_route_serves_both_variants(
+    jp_fetch: Any, jp_ws_fetch: Any
+) -> None:
+    await ready(jp_fetch)
+    done = await _done_job(jp_fetch, jp_ws_fetch)
+    status, image = await api(jp_fetch, "images", done["image_id"])
+    assert status == 200 and image["job_id"] == done["id"] and image["url"] and image["expires_at"]
+    full = await jp_fetch("imagen", "api", "images", done["image_id"], "content")
+    thumb = await jp_fetch("imagen", "api", "images", done["image_id"], "content", params={"variant": "thumbnail"})
+    assert full.headers["Content-Type"] == "image/png" and full.body[:4] == b"\x89PNG"
+    assert thumb.headers["Content-Type"] == "image/webp" and len(thumb.body) < len(full.body)
+    status, answer = await api(jp_fetch, "images", str(uuid.uuid4()))
+    assert status == 404 and answer["error"]["code"] == "not_found"
+    status, events = await api(jp_fetch, "jobs", done["id"], "events")
+    assert [e["status"] for e in events["events"] if e["kind"] == "state"] == ["running", "done"]
+
+
+async def test_a_reconnect_with_since_replays_the_missed_events_exactly_once(
+    jp_fetch: Any, jp_ws_fetch: Any, db_url: str
+) -> None:
+    await ready(jp_fetch)
+    ws = await jp_ws_fetch("imagen", "api", "events")
+    await message(ws)
+    first = await post_job(jp_fetch, {"prompt": "first"})
+    seen = await messages_until(ws, finished(first["id"]))
+    cursor = seen[-1]["cursor"]
+    ws.close()
+    missed = [await post_job(jp_fetch, {"prompt": f"while away {i}"}) for i in range(5)]
+    conn = await asyncpg.connect(db_url)
+    try:
+        deadline = time.monotonic() + 30
+        while await conn.fetchval("select count(*) from imagen.jobs where status <> 'done'"):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        expected = [
+            r["id"]
+            for r in await conn.fetch(
+                "select id from imagen.job_events where job_id = any($1::uuid[]) and kind in ('state', 'progress', 'waiting') order by id",
+                [uuid.UUID(j["id"]) for j in missed],
+            )
+        ]
+    finally:
+        await conn.close()
+    ws = await jp_ws_fetch("imagen", "api", "events", params={"since": cursor})
+    hello = await message(ws)
+    assert hello["kind"] == "hello"
+    replayed = [await message(ws) for _ in expected]
+    assert [m["event_id"] for m in replayed] == expected
+    # and then live, with nothing repeated
+    late = await post_job(jp_fetch, {"prompt": "after"})
+    live = await messages_until(ws, finished(late["id"]))
+    assert all(m.get("job_id") == late["id"] for m in live)
+    ws.close()
+    ws = await jp_ws_fetch("imagen", "api", "events", params={"since": "1:2:x"})
+    await asyncio.wait_for(ws.read_message(), 5)
+    assert ws.close_code == 4400
+
+
+async def test_the_extension_stops_with_no_task_or_connection_left(
+    jp_fetch: Any, jp_serverapp: Any, db_url: str
+) -> None:
+    await ready(jp_fetch)
+    ext = jp_serverapp.extension_manager.extension_apps["imagen_canvas_server"]
+    (app,) = ext
+    await app.stop_extension()
+    leftover = [t for t in asyncio.all_tasks() if t.get_name().startswith("imagen") and not t.done()]
+    assert leftover == []
+    conn = await asyncpg.connect(db_url)
+    try:
+        others = await conn.fetchval(
+            "select count(*) from pg_stat_activity where datname = current_database() and pid <> pg_backend_pid()"
+        )
+    finally:
+        await conn.close()
+    assert others == 0

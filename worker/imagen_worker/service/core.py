@@ -1,0 +1,533 @@
+"""The service: every operation a user can ask for, once, on behalf of one owner, under RLS.
+
+The REST routes and websocket of the server extension, the canvas's kernel transport and the
+notebook API all call this (docs/api.md). Each operation takes the owner whose request it is and
+runs in a transaction that has set role `authenticated` and that owner's claims, so row-level
+security confines it to the owner's rows whatever the statement says.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import json
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeAlias
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+from ..config import _float, _int
+from ..errors import (
+    ConfigError,
+    InvalidField,
+    JobNotFound,
+    NotFound,
+    SpecError,
+    TooManyPending,
+    VersionConflict,
+)
+from ..migrate import pending_migrations
+from ..providers import ProviderRegistry
+from ..queries import queries
+from ..spec import parse_spec
+from ..storage import Storage
+from .models import CanvasSave, ImageVariant, JobCreate, parse_body, query_int, query_status, query_str, query_uuid
+from .shapes import canvas_json, event_json, image_json, job_json, worker_json
+
+# A connection of the pool, as `as_owner` hands it out.
+Connection: TypeAlias = "PoolConnectionProxy[asyncpg.Record]"
+# The role every query made on behalf of a user runs as (Supabase's signed-in role).
+OWNER_ROLE = "authenticated"
+
+
+def q(name: str) -> str:
+    return queries("service.sql")[name]
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """Settings of the service; `from_env` reads IMAGEN_DEFAULT_PROVIDER, IMAGEN_MAX_PENDING_JOBS and
+    IMAGEN_WORKER_STALE_SECONDS (docs/configuration.md)."""
+
+    default_provider: str = "local"
+    max_pending: int = 500
+    worker_stale_seconds: float = 30.0
+    url_expires_in: int = 3600
+    # Whether Image objects carry browser URLs (false on the kernel transport: the bytes travel instead).
+    sign_urls: bool = True
+    # The Retry-After of a 429 for an owner at the pending cap.
+    pending_retry_after: float = 10.0
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> ServiceConfig:
+        env = dict(os.environ if environ is None else environ)
+        default_provider = (env.get("IMAGEN_DEFAULT_PROVIDER") or "").strip() or "local"
+        config = cls(
+            default_provider=default_provider,
+            max_pending=_int(env, "IMAGEN_MAX_PENDING_JOBS", 500, minimum=1),
+            worker_stale_seconds=_float(env, "IMAGEN_WORKER_STALE_SECONDS", 30.0, minimum=1.0),
+        )
+        return cls(**{**config.__dict__, **overrides})
+
+
+@asynccontextmanager
+async def as_owner(pool: asyncpg.Pool, owner_user_id: uuid.UUID) -> AsyncIterator[Connection]:
+    """A connection in a transaction running as role `authenticated` with `owner_user_id`'s claims;
+    committed when the block ends, rolled back when it raises. One round trip to set up."""
+    claims = json.dumps({"sub": str(uuid.UUID(str(owner_user_id))), "role": OWNER_ROLE})
+    async with pool.acquire() as conn:
+        # A simple-protocol batch: BEGIN, the role and the claims in one round trip (the claims are a
+        # UUID in JSON: nothing to quote).
+        await conn.execute(
+            f"begin; set local role {OWNER_ROLE}; select set_config('request.jwt.claims', '{claims}', true)"
+        )
+        try:
+            yield conn
+        except BaseException:
+            if not conn.is_closed():
+                with contextlib.suppress(Exception):
+                    await conn.execute("rollback")
+            raise
+        else:
+            await conn.execute("commit")
+
+
+@dataclass
+class _WorkersSeen:
+    at: float
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Service:
+    """The operations of docs/api.md over one pool (the caller owns and closes the pool)."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        storage: Storage,
+        *,
+        providers: ProviderRegistry | None = None,
+        config: ServiceConfig | None = None,
+    ) -> None:
+        self.pool = pool
+        self.storage = storage
+        self.providers = providers or ProviderRegistry()
+        self.config = config or ServiceConfig()
+        self._workers: dict[uuid.UUID, _WorkersSeen] = {}
+
+    # -- jobs ----------------------------------------------------------------------------------
+
+    async def create_job(
+        self,
+        owner: uuid.UUID,
+        body: bytes | str | Mapping[str, Any] | None,
+        *,
+        idempotency_key: str | None = None,
+        default_priority: int = 0,
+    ) -> dict[str, Any]:
+        """Validate and queue one job (docs/api.md, `POST jobs`); an idempotent repeat returns the first."""
+        req: JobCreate = parse_body(body, JobCreate)
+        provider_name = req.provider or self.config.default_provider
+        try:
+            provider = self.providers.get(provider_name)
+        except SpecError as exc:
+            raise InvalidField(str(exc), field="provider") from None
+        model = req.model or provider.default_model
+        try:
+            provider.capabilities(model)
+            spec = parse_spec(req.spec_data())
+            provider.check(spec, model)
+        except SpecError as exc:
+            raise _field_error(exc) from None
+        if idempotency_key is not None and not 1 <= len(idempotency_key) <= 200:
+            raise InvalidField(
+                "Idempotency-Key: must be 1 to 200 characters (a UUID per request is usual)", field="Idempotency-Key"
+            )
+        priority = req.priority if req.priority is not None else default_priority
+        async with as_owner(self.pool, owner) as conn:
+            if (
+                spec.previous_image_id is not None
+                and await conn.fetchval(q("visible_image"), spec.previous_image_id) is None
+            ):
+                raise InvalidField(
+                    f"previous_image_id: no image {spec.previous_image_id} among your images; pass the id of one "
+                    "of your generated images",
+                    field="previous_image_id",
+                )
+            try:
+                row = await conn.fetchrow(
+                    q("create_job"),
+                    owner,
+                    provider_name,
+                    model,
+                    spec.prompt,
+                    spec.stored_spec(),
+                    priority,
+                    req.max_attempts,
+                    req.canvas_id,
+                    req.node_id,
+                    idempotency_key,
+                    req.group_id,
+                    self.config.max_pending,
+                    self.config.worker_stale_seconds,
+                )
+            except asyncpg.ForeignKeyViolationError:
+                raise InvalidField(
+                    f"canvas_id: no canvas {req.canvas_id} among your canvases; save it first "
+                    "(PUT canvases/{id}) or leave canvas_id out",
+                    field="canvas_id",
+                ) from None
+            except asyncpg.CheckViolationError as exc:
+                raise _check_error(exc) from None
+            assert row is not None
+            job = row["job"]
+            if job is None and idempotency_key is not None and row["pending"] < self.config.max_pending:
+                # A concurrent request with the same key won the insert: return its job.
+                job = await conn.fetchval(q("job_by_key"), owner, idempotency_key)
+            if job is None:
+                raise TooManyPending(
+                    f"you have {row['pending']} pending jobs, the most allowed; wait for some to finish "
+                    f"(or cancel them) and retry",
+                    retry_after=self.config.pending_retry_after,
+                )
+            waiting = None
+            if row["created"] and row["live_workers"] == 0:
+                waiting = await self._waiting_reason(conn, owner, provider_name, fresh=True)
+                if waiting is not None:
+                    await conn.fetchval(q("report_waiting"), uuid.UUID(job["id"]), waiting)
+            elif job["status"] == "pending":
+                waiting = await self._waiting_reason(conn, owner, job["provider"])
+        return job_json(job, waiting_for_worker=waiting)
+
+    async def list_jobs(self, owner: uuid.UUID, query: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """One page of the owner's jobs, newest first: `{jobs, next_cursor}`."""
+        query = query or {}
+        unknown = set(query) - {"status", "canvas_id", "node_id", "provider", "group_id", "limit", "cursor"}
+        if unknown:
+            name = sorted(unknown)[0]
+            raise InvalidField(
+                f"{name}: is not a filter; use status, canvas_id, node_id, provider, group_id, limit, cursor",
+                field=name,
+            )
+        limit = query_int(query, "limit", 50, minimum=1, maximum=500)
+        after_at, after_id = _decode_page_cursor(query.get("cursor"))
+        async with as_owner(self.pool, owner) as conn:
+            rows = await conn.fetch(
+                q("jobs_page"),
+                owner,
+                query_status(query),
+                query_uuid(query, "canvas_id"),
+                query_str(query, "node_id"),
+                query_str(query, "provider", max_length=40),
+                query_uuid(query, "group_id"),
+                after_at,
+                after_id,
+                limit + 1,
+                None,
+            )
+            jobs = await self._jobs_json(conn, owner, rows[:limit])
+        next_cursor = None
+        if len(rows) > limit:
+            last = rows[limit - 1]["job"]
+            next_cursor = _encode_page_cursor(last["created_at"], last["id"])
+        return {"jobs": jobs, "next_cursor": next_cursor}
+
+    async def get_job(self, owner: uuid.UUID, job_id: uuid.UUID | str) -> dict[str, Any]:
+        job_uuid = _uuid(job_id, "job_id")
+        async with as_owner(self.pool, owner) as conn:
+            rows = await conn.fetch(q("jobs_page"), owner, None, None, None, None, None, None, None, 1, job_uuid)
+            if not rows:
+                raise JobNotFound(f"job {job_uuid} not found among your jobs", field="job_id")
+            return (await self._jobs_json(conn, owner, rows))[0]
+
+    async def cancel_job(self, owner: uuid.UUID, job_id: uuid.UUID | str) -> dict[str, Any]:
+        """Cancel a pending job at once, a running one cooperatively; the job as it is after."""
+        job_uuid = _uuid(job_id, "job_id")
+        async with as_owner(self.pool, owner) as conn:
+            try:
+                await conn.fetchval(q("cancel_job"), job_uuid)
+            except asyncpg.NoDataFoundError:
+                raise JobNotFound(f"job {job_uuid} not found among your jobs", field="job_id") from None
+        return await self.get_job(owner, job_uuid)
+
+    async def job_events(self, owner: uuid.UUID, job_id: uuid.UUID | str) -> dict[str, Any]:
+        """A job's whole trail, oldest first."""
+        job_uuid = _uuid(job_id, "job_id")
+        async with as_owner(self.pool, owner) as conn:
+            rows = await conn.fetch(q("job_events"), job_uuid)
+            if not rows:
+                exists = await conn.fetch(q("jobs_page"), owner, None, None, None, None, None, None, None, 1, job_uuid)
+                if not exists:
+                    raise JobNotFound(f"job {job_uuid} not found among your jobs", field="job_id")
+        return {"events": [event_json(dict(r)) for r in rows]}
+
+    async def _jobs_json(self, conn: Connection, owner: uuid.UUID, rows: list[asyncpg.Record]) -> list[dict[str, Any]]:
+        images = await asyncio.gather(*(self._image_json(r["image"]) for r in rows if r["image"] is not None))
+        by_job = {img["job_id"]: img for img in images}
+        out = []
+        for r in rows:
+            job = r["job"]
+            waiting = await self._waiting_reason(conn, owner, job["provider"]) if job["status"] == "pending" else None
+            out.append(job_json(job, image=by_job.get(job["id"]), progress=r["progress"], waiting_for_worker=waiting))
+        return out
+
+    # -- workers -------------------------------------------------------------------------------
+
+    async def live_workers(self, owner: uuid.UUID) -> list[dict[str, Any]]:
+        async with as_owner(self.pool, owner) as conn:
+            return await self._live_workers(conn, owner, fresh=True)
+
+    async def _live_workers(self, conn: Connection, owner: uuid.UUID, *, fresh: bool = False) -> list[dict[str, Any]]:
+        """The live workers this owner's jobs can run on (cached a second: a page of 500 jobs asks once)."""
+        seen = self._workers.get(owner)
+        now = time.monotonic()
+        if fresh or seen is None or now - seen.at > 1.0:
+            rows = await conn.fetch(q("live_workers"), self.config.worker_stale_seconds)
+            seen = _WorkersSeen(now, [worker_json(dict(r)) for r in rows])
+            self._workers[owner] = seen
+        return seen.rows
+
+    async def _waiting_reason(
+        self, conn: Connection, owner: uuid.UUID, provider: str, *, fresh: bool = False
+    ) -> str | None:
+        """Why no live worker can run a job of `provider` for this owner, or None when one can."""
+        workers = await self._live_workers(conn, owner, fresh=fresh)
+        if any(provider in w["providers"] for w in workers):
+            return None
+        if not workers:
+            return "no worker is running; start one with `imagen worker` (or run JupyterLab with the imagen-canvas extension)"
+        runs = sorted({p for w in workers for p in w["providers"]})
+        return (
+            f"no live worker can run provider {provider}: the {len(workers)} live worker(s) run "
+            f"{', '.join(runs) or 'no provider'}; configure {provider} where a worker runs (docs/providers.md)"
+        )
+
+    # -- images --------------------------------------------------------------------------------
+
+    async def get_image(self, owner: uuid.UUID, image_id: uuid.UUID | str) -> dict[str, Any]:
+        image_uuid = _uuid(image_id, "image_id")
+        async with as_owner(self.pool, owner) as conn:
+            row = await conn.fetchval(q("image"), image_uuid)
+        if row is None:
+            raise NotFound(f"image {image_uuid} not found among your images", field="image_id")
+        return await self._image_json(row)
+
+    async def image_content(
+        self, owner: uuid.UUID, image_id: uuid.UUID | str, variant: ImageVariant = "full"
+    ) -> tuple[str, bytes]:
+        """(content type, bytes) of an image or its WebP thumbnail."""
+        image_uuid = _uuid(image_id, "image_id")
+        async with as_owner(self.pool, owner) as conn:
+            row = await conn.fetchval(q("image"), image_uuid)
+        if row is None:
+            raise NotFound(f"image {image_uuid} not found among your images", field="image_id")
+        if variant == "thumbnail" and row.get("thumb_path"):
+            return "image/webp", await self.storage.get(row["thumb_path"])
+        return row["content_type"], await self.storage.get(row["path"])
+
+    async def image_url(self, row: Mapping[str, Any], variant: ImageVariant = "full") -> str:
+        path = row["thumb_path"] if variant == "thumbnail" and row.get("thumb_path") else row["path"]
+        return await self.storage.url(path, expires_in=self.config.url_expires_in)
+
+    async def _image_json(self, row: dict[str, Any]) -> dict[str, Any]:
+        if not self.config.sign_urls:
+            return image_json(row, url=None, thumbnail_url=None, expires_at=None)
+        url, thumb = await asyncio.gather(self.image_url(row), self.image_url(row, "thumbnail"))
+        expires_at = datetime.now(UTC) + timedelta(seconds=self.config.url_expires_in)
+        return image_json(row, url=url, thumbnail_url=thumb, expires_at=expires_at)
+
+    # -- canvases ------------------------------------------------------------------------------
+
+    async def list_canvases(self, owner: uuid.UUID, query: Mapping[str, str] | None = None) -> dict[str, Any]:
+        limit = query_int(query or {}, "limit", 200, minimum=1, maximum=1000)
+        async with as_owner(self.pool, owner) as conn:
+            rows = await conn.fetch(q("canvases"), owner, limit)
+        return {"canvases": [worker_json(dict(r)) for r in rows]}
+
+    async def get_canvas(self, owner: uuid.UUID, canvas_id: uuid.UUID | str) -> dict[str, Any]:
+        canvas_uuid = _uuid(canvas_id, "canvas_id")
+        async with as_owner(self.pool, owner) as conn:
+            canvas = await self._canvas(conn, canvas_uuid)
+        if canvas is None:
+            raise NotFound(f"canvas {canvas_uuid} not found among your canvases", field="canvas_id")
+        return canvas
+
+    async def _canvas(self, conn: Connection, canvas_id: uuid.UUID) -> dict[str, Any] | None:
+        row = await conn.fetchrow(q("canvas"), canvas_id)
+        if row is None:
+            return None
+        return canvas_json(row["canvas"], row["nodes"], row["edges"])
+
+    async def save_canvas(
+        self, owner: uuid.UUID, canvas_id: uuid.UUID | str, body: bytes | str | Mapping[str, Any] | None
+    ) -> tuple[bool, dict[str, Any]]:
+        """Replace a canvas's graph if `version` is the stored one (0 creates it). (created, canvas)."""
+        canvas_uuid = _uuid(canvas_id, "canvas_id")
+        save: CanvasSave = parse_body(body, CanvasSave)
+        save.check_graph()
+        nodes = [n.model_dump(mode="json") for n in save.nodes]
+        edges = [e.model_dump(mode="json") for e in save.edges]
+        async with as_owner(self.pool, owner) as conn:
+            stored = await conn.fetchval(q("lock_canvas"), canvas_uuid)
+            created = stored is None
+            if created:
+                if save.version != 0:
+                    raise NotFound(
+                        f"canvas {canvas_uuid} does not exist (deleted?); save with version 0 to create it",
+                        field="canvas_id",
+                    )
+                row = await conn.fetchrow(q("insert_canvas"), canvas_uuid, owner, save.name, save.viewport)
+                if row is None:
+                    raise VersionConflict(
+                        f"version: canvas {canvas_uuid} was created meanwhile; load it and save again",
+                        field="version",
+                        current=await self._canvas(conn, canvas_uuid),
+                    )
+                head = {
+                    "version": row["version"],
+                    "name": save.name or "Untitled canvas",
+                    "viewport": save.viewport or {},
+                    "created_at": row["created_at"],
+                    "updated_at": row["updated_at"],
+                }
+            elif stored != save.version:
+                raise VersionConflict(
+                    f"version: {save.version} is stale, the canvas is at version {stored}; merge with `current` "
+                    "and save again",
+                    field="version",
+                    current=await self._canvas(conn, canvas_uuid),
+                )
+            else:
+                updated = await conn.fetchrow(q("update_canvas"), canvas_uuid, save.name, save.viewport)
+                assert updated is not None
+                head = dict(updated)
+            try:
+                await conn.fetchrow(q("replace_canvas_graph"), canvas_uuid, owner, nodes)
+                if edges:
+                    await conn.execute(q("insert_canvas_edges"), canvas_uuid, owner, edges)
+            except asyncpg.CheckViolationError as exc:
+                raise _check_error(exc) from None
+        canvas = {"id": str(canvas_uuid), "owner_user_id": str(owner), **head}
+        return created, canvas_json(canvas, nodes, edges)
+
+    async def delete_canvas(self, owner: uuid.UUID, canvas_id: uuid.UUID | str) -> None:
+        canvas_uuid = _uuid(canvas_id, "canvas_id")
+        async with as_owner(self.pool, owner) as conn:
+            if await conn.fetchval(q("delete_canvas"), canvas_uuid) is None:
+                raise NotFound(f"canvas {canvas_uuid} not found among your canvases", field="canvas_id")
+
+    # -- providers, stats, health --------------------------------------------------------------
+
+    async def providers_table(self, owner: uuid.UUID) -> dict[str, Any]:
+        """Every provider, whether it can run here now (and why not), and how many live workers run it."""
+        workers = await self.live_workers(owner)
+        table = []
+        for name in self.providers.names():
+            reason = self.providers.unavailable_reason(name)
+            entry: dict[str, Any] = {
+                "name": name,
+                "available": reason is None,
+                "reason": reason,
+                "live_workers": sum(1 for w in workers if name in w["providers"]),
+                "default_model": None,
+                "models": [],
+            }
+            with contextlib.suppress(SpecError):
+                provider = self.providers.get(name)
+                entry["default_model"] = provider.default_model
+                entry["models"] = [{"model": m, **c.as_dict()} for m, c in provider.models.items()]
+            table.append(entry)
+        return {"default_provider": self.config.default_provider, "providers": table}
+
+    async def stats(self, owner: uuid.UUID, query: Mapping[str, str] | None = None) -> dict[str, Any]:
+        from ..pricing import usage_report
+
+        since_raw = query_str(query or {}, "since", max_length=40)
+        since = None
+        if since_raw is not None:
+            try:
+                since = datetime.fromisoformat(since_raw)
+            except ValueError:
+                raise InvalidField(f"since: {since_raw!r} is not an ISO 8601 time", field="since") from None
+            since = since if since.tzinfo else since.replace(tzinfo=UTC)
+        async with as_owner(self.pool, owner) as conn:
+            return await usage_report(conn, since=since, owner_user_id=owner)
+
+    async def health(self, owner: uuid.UUID) -> dict[str, Any]:
+        pending = await pending_migrations(self.pool)
+        return {
+            "pending_migrations": pending,
+            "owner_user_id": str(owner),
+            "storage_origin": self.storage_origin(),
+            "default_provider": self.config.default_provider,
+            "workers": await self.live_workers(owner),
+        }
+
+    def storage_origin(self) -> str | None:
+        """The origin image URLs may come from besides this server's (Supabase's), or None."""
+        project_url = getattr(self.storage, "project_url", None)
+        if not isinstance(project_url, str):
+            return None
+        scheme, _, rest = project_url.partition("://")
+        return f"{scheme}://{rest.split('/', 1)[0]}"
+
+
+def _uuid(value: uuid.UUID | str, name: str) -> uuid.UUID:
+    if isinstance(value, uuid.UUID):
+        return value
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise NotFound(f"{name}: {value[:60]!r} is not an id of yours (not a UUID)", field=name) from None
+
+
+def _field_error(exc: SpecError) -> InvalidField:
+    field = exc.problems[0][0]
+    if field is None:
+        return InvalidField(str(exc))
+    return InvalidField("; ".join(f"{f}: {t}" if f else t for f, t in exc.problems), field=field)
+
+
+def _check_error(exc: asyncpg.CheckViolationError) -> InvalidField:
+    """The database's own guard (inline image data, sizes) as a field error."""
+    message = exc.args[0] if exc.args else str(exc)
+    hint = getattr(exc, "hint", None)
+    field = None
+    for column, name in (
+        ("jobs.prompt", "prompt"),
+        ("jobs.spec", "options"),
+        ("canvas_nodes.data", "nodes"),
+        ("canvases.viewport", "viewport"),
+    ):
+        if column in message:
+            field = name
+    return InvalidField(f"{field or 'body'}: {message}{f'; {hint}' if hint else ''}", field=field)
+
+
+def _encode_page_cursor(created_at: str, job_id: str) -> str:
+    return base64.urlsafe_b64encode(f"{created_at}|{job_id}".encode()).decode().rstrip("=")
+
+
+def _decode_page_cursor(raw: str | None) -> tuple[datetime | None, uuid.UUID | None]:
+    if not raw:
+        return None, None
+    try:
+        text = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode()
+        created_at, _, job_id = text.partition("|")
+        return datetime.fromisoformat(created_at), uuid.UUID(job_id)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise InvalidField(
+            "cursor: not a page cursor; pass the next_cursor of the previous page, or leave it out", field="cursor"
+        ) from None
+
+
+__all__ = ["OWNER_ROLE", "ConfigError", "Service", "ServiceConfig", "as_owner"]
