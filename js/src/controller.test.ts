@@ -85,6 +85,15 @@ describe("the canvas controller", () => {
     expect(node?.type === "image" && node.data.current_job_id).toBe(state.nodeJobs[id]?.[0]?.id);
   });
 
+  it("stores a new canvas before its first job names it", async () => {
+    const { transport, controller, store } = await started();
+    const id = addImageNode(store, { x: 0, y: 0 });
+    updateNodeData(store, id, { prompt: "a fox" });
+    await controller.generate(id);
+    const order = transport.calls.filter((c) => c.method !== "GET").map((c) => `${c.method} ${c.path}`);
+    expect(order).toEqual(["PUT canvases/canvas-1", "POST jobs"]);
+  });
+
   it("follows the job live and fetches it when done, so the node gets its image, cost and times", async () => {
     const { transport, controller, store } = await started();
     const id = addImageNode(store, { x: 0, y: 0 });

@@ -231,6 +231,9 @@ export class CanvasController {
     setNodeError(this.store, nodeId, null);
     this.store.setState((s) => ({ submitting: { ...s.submitting, [nodeId]: true } }));
     try {
+      // A job names its canvas, which must be stored first (a new canvas's first save is still debounced),
+      // and the node as the job was made from it is what Python and other views should see.
+      if (this.sync.version === 0 || this.sync.dirty) await this.sync.flush().catch(() => undefined);
       const results = await Promise.allSettled(plan.bodies.map((body, i) => this.submit(body, `${plan.group_id}:${i}`)));
       const jobs = results.flatMap((r) => (r.status === "fulfilled" ? [r.value] : []));
       for (const job of jobs) {

@@ -10,7 +10,7 @@ import { durationSeconds, groupCost, groupHistory, groupIndexOfJob, groupStatus,
 import { updateNodeData, setCurrentJob } from "../state/store";
 import { ImageSettings } from "./ImageSettings";
 
-export const SIMPLE_ZOOM = 0.45;
+export const SIMPLE_ZOOM = 0.35;
 
 const CELL_TEXT: Record<string, string> = {
   pending: "Queued…",

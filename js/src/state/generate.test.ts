@@ -74,6 +74,14 @@ describe("what Generate submits", () => {
     expect(result.bodies[0]?.previous_image_id).toBe("img-9");
   });
 
+  it("passes provider options set on the node through", () => {
+    const node = imageNode("img", { prompt: "a fox" });
+    (node.data as Record<string, unknown>)["options"] = { delay_s: 5 };
+    const result = plan([node]);
+    if ("error" in result) throw new Error(result.error);
+    expect(result.bodies[0]?.options).toEqual({ delay_s: 5 });
+  });
+
   it("sends only the fields the model accepts", () => {
     const result = plan([imageNode("img", { prompt: "a fox", provider: "openai", model: "dall-e-3", seed: 3, seed_locked: true, negative_prompt: "blur", size: "1024x1024", quality: "hd" })]);
     if ("error" in result) throw new Error(result.error);

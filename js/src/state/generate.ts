@@ -67,6 +67,12 @@ export function planGeneration(args: {
   const seedAccepted = capabilities ? capabilities.seed : true;
   const negativeAccepted = capabilities ? capabilities.negative_prompt : true;
   const variants = Math.min(4, Math.max(1, data.variants));
+  // Provider options (`delay_s` of local, a Replicate model's inputs) set on the node from Python pass through.
+  const rawOptions = (data as Record<string, unknown>)["options"];
+  const options =
+    rawOptions && typeof rawOptions === "object" && !Array.isArray(rawOptions) && Object.keys(rawOptions).length
+      ? (rawOptions as Record<string, unknown>)
+      : null;
   const bodies: JobCreate[] = [];
   for (let i = 0; i < variants; i += 1) {
     const body: JobCreate = {
@@ -84,6 +90,7 @@ export function planGeneration(args: {
     if (negativeAccepted && data.negative_prompt?.trim()) body.negative_prompt = data.negative_prompt.trim();
     if (seedAccepted && data.seed_locked && data.seed !== null) body.seed = (data.seed + i) % 2 ** 32;
     if (previous_image_id) body.previous_image_id = previous_image_id;
+    if (options) body.options = options;
     bodies.push(body);
   }
   return { group_id: args.groupId, bodies };

@@ -174,6 +174,12 @@ export class CanvasSync {
           this.rebase(current);
           continue;
         }
+        if (err instanceof ApiError && err.status === 404 && this.version > 0) {
+          // Deleted elsewhere while this view still edits it: what the view shows is saved as a new canvas.
+          this.version = 0;
+          this.base = emptyDoc();
+          continue;
+        }
         this.failures += 1;
         this.setState("error", errorText(err));
         if (!this.closed) {

@@ -28,6 +28,7 @@ class FakeCanvasServer {
   async saveCanvas(_id: string, body: CanvasPut): Promise<Canvas> {
     this.puts.push(structuredClone(body));
     const version = this.stored?.version ?? 0;
+    if (!this.stored && body.version !== 0) throw new ApiError(404, "not_found", "canvas does not exist (deleted?); save with version 0");
     if (body.version !== version) {
       throw new ApiError(409, "version_conflict", "stale", { error: { code: "version_conflict", message: "stale", current: structuredClone(this.stored ?? undefined) } });
     }
@@ -179,6 +180,19 @@ describe("saving a canvas", () => {
     sync.changed();
     await sync.flush(true);
     expect(server.stored?.nodes.map((n) => n.id)).toEqual(["last"]);
+  });
+
+  it("saves a canvas deleted elsewhere as a new one rather than lose what this view shows", async () => {
+    const server = new FakeCanvasServer();
+    server.saveElsewhere(doc([node("a")]));
+    const holder = new Holder();
+    const sync = new CanvasSync("c1", server, holder, deps);
+    await sync.load();
+    server.stored = null;
+    holder.doc = doc([node("a"), node("b")]);
+    await sync.flush();
+    expect(server.puts.map((p) => p.version)).toEqual([1, 0]);
+    expect((server.stored as Canvas | null)?.nodes.map((n) => n.id)).toEqual(["a", "b"]);
   });
 
   it("retries a failed save with backoff and says it is not saved meanwhile", async () => {
