@@ -1,7 +1,5 @@
 // The React Flow pane: the store's graph, edits and keyboard shortcuts, double-click to add, drop a result to refine.
 import {
-  Background,
-  BackgroundVariant,
   type Connection,
   Controls,
   type Edge,
@@ -29,6 +27,7 @@ import {
   type Clip,
 } from "../state/store";
 import { useCanvas, useController } from "./context";
+import { Dots } from "./Dots";
 import { Toolbar } from "./Toolbar";
 
 const CLIPBOARD = Symbol.for("imagen-canvas.clipboard");
@@ -52,6 +51,11 @@ const minimapColor = (node: FlowNode) => (node.type === "prompt" ? "var(--ic-pro
 const proOptions = { hideAttribution: true };
 const NODE_WIDTH = 300;
 const MINIMAP_SIZE = { width: 160, height: 110 };
+/**
+ * Past this many nodes only those in view are in the DOM: panning 200 full node cards zoomed in cost ~75 ms of
+ * CPU a frame here, ~30 ms with only the visible ones. Small canvases keep every node (and its state) mounted.
+ */
+const VIRTUALIZE_ABOVE = 60;
 
 export function Flow({ initialViewport }: { initialViewport: Viewport | null }) {
   const controller = useController();
@@ -178,6 +182,7 @@ export function Flow({ initialViewport }: { initialViewport: Viewport | null }) 
         fitViewOptions={{ maxZoom: 1, padding: 0.15 }}
         minZoom={0.05}
         maxZoom={2.5}
+        onlyRenderVisibleElements={nodes.length > VIRTUALIZE_ABOVE}
         zoomOnDoubleClick={false}
         deleteKeyCode={null}
         selectionKeyCode="Shift"
@@ -185,7 +190,7 @@ export function Flow({ initialViewport }: { initialViewport: Viewport | null }) 
         proOptions={proOptions}
         defaultEdgeOptions={{ type: "default" }}
       >
-        <Background variant={BackgroundVariant.Dots} gap={20} size={1.2} />
+        <Dots />
         {nodes.length ? <MiniMap pannable zoomable nodeColor={minimapColor} nodeStrokeWidth={2} className="ic-minimap" style={MINIMAP_SIZE} /> : null}
         <Controls showInteractive={false} className="ic-controls" />
         <Toolbar />
