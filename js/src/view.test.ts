@@ -57,12 +57,12 @@ describe("choosing the transport at start", () => {
     await view.dispose();
   });
 
-  it("falls back to the kernel without the extension, after the ready handshake", async () => {
+  it.each([true, false])("falls back to the kernel without the extension (kernel sends hello: %s)", async (hello) => {
     page({ baseUrl: "/user/ann/", token: "" }, () => json(404, {}));
     const model = new FakeWidgetModel({ canvas_id: "c1" });
     model.send = (content: Record<string, unknown>) => {
       model.sent.push(content);
-      if (content["type"] === "ready") {
+      if (content["type"] === "ready" && hello) {
         queueMicrotask(() => model.receive({ type: "event", event: { kind: "hello", cursor: "1", owner_user_id: "o", workers: [] } }));
       } else if (content["type"] === "request") {
         const path = String(content["path"]);

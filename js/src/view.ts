@@ -4,7 +4,7 @@ import { uuidV4 } from "./state/graph";
 import { type Choice, chooseTransport } from "./transport/choose";
 import { KernelTransport } from "./transport/kernel";
 import { ServerTransport } from "./transport/server";
-import { Listeners } from "./transport/transport";
+import { ApiError, Listeners } from "./transport/transport";
 import type { WidgetModel } from "./widget";
 
 export type ViewPhase = "choosing" | "ready" | "unavailable";
@@ -66,21 +66,16 @@ export class CanvasView {
     const choice = this.choice;
     if (!choice) return;
     const transport = choice.transport;
-    if (transport instanceof KernelTransport) {
-      const answered = await Promise.race([
-        transport.ready.then(() => true),
-        new Promise<boolean>((r) => setTimeout(() => r(false), KERNEL_ANSWER_MS)),
-      ]);
-      if (this.disposed) return;
-      if (!answered) {
-        const message =
-          `No imagen backend: ${choice.serverMissing ?? "the server extension is missing"}, and the kernel does not answer the canvas. ` +
-          "Install imagen-canvas-server and restart Jupyter, or make sure imagen-canvas is installed in this kernel and re-run the cell.";
-        this.report("unavailable", null, message);
-        // A kernel that answers later (it was busy) still brings the canvas up.
-        await transport.ready;
-        if (this.disposed) return;
+    if (transport instanceof KernelTransport && !(await this.kernelAnswers(transport))) {
+      const message =
+        `No imagen backend: ${choice.serverMissing ?? "the server extension is missing"}, and the kernel does not answer the canvas. ` +
+        "Install imagen-canvas-server and restart Jupyter, or make sure imagen-canvas is installed in this kernel and re-run the cell.";
+      this.report("unavailable", null, message);
+      // A kernel that answers later (it was busy running other cells) still brings the canvas up.
+      while (!this.disposed && !(await this.kernelAnswers(transport))) {
+        await new Promise((r) => setTimeout(r, KERNEL_ANSWER_MS / 2));
       }
+      if (this.disposed) return;
     }
     const controller = new CanvasController(transport, this.canvasId());
     this.report("choosing", controller, null);
@@ -96,6 +91,16 @@ export class CanvasView {
     this.report("choosing", null, null);
     if (old) await old.dispose();
     if (!this.disposed) await this.run();
+  }
+
+  /** Whether the kernel answers: its first event after `ready`, or any answer to `GET health`, says so. */
+  private async kernelAnswers(transport: KernelTransport): Promise<boolean> {
+    const heard = transport.ready.then(() => true);
+    const health = transport.request("GET", "health", { timeoutMs: KERNEL_ANSWER_MS }).then(
+      () => true,
+      (err: unknown) => err instanceof ApiError && err.status > 0,
+    );
+    return Promise.race([heard, health]);
   }
 
   private async restart(): Promise<void> {

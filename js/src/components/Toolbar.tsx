@@ -32,7 +32,8 @@ export const Toolbar = memo(function Toolbar() {
     const at = freeSpot(store.getState().nodes, { x: Math.round(topLeft.x), y: Math.round(topLeft.y) }, type, columns);
     if (at.x + 300 > bottomRight.x || at.y + 200 > bottomRight.y) {
       // No room in view: show where it went.
-      void flow.setCenter(at.x + 150, at.y + 250, { zoom: flow.getZoom(), duration: 300 });
+      // At once, not animated: whatever is clicked next (the new node's prompt) must not move under the pointer.
+      void flow.setCenter(at.x + 150, at.y + 250, { zoom: flow.getZoom() });
     }
     return at;
   };
