@@ -105,17 +105,18 @@ async def scan_for_base64_images(conn: asyncpg.Connection) -> list[Finding]:
     return findings
 
 
-async def assert_no_base64_images(url: str) -> None:
-    """Fail, naming each place, when the database at `url` holds image data; the database is then kept."""
+async def assert_no_base64_images(url: str, *, kept: bool = True) -> None:
+    """Fail, naming each place, when the database at `url` holds image data. `kept`: the caller then
+    keeps the database for inspection (a private server deleted with its test says False)."""
     conn = await asyncpg.connect(url)
     try:
         findings = await scan_for_base64_images(conn)
+        database = await conn.fetchval("select current_database()")
     finally:
         await conn.close()
     if findings:
-        database = url.rsplit("/", 1)[-1].split("?", 1)[0]
         lines = "\n  ".join(str(f) for f in findings[:20])
+        fate = f"kept for inspection; drop it with `dropdb {database}`" if kept else "deleted with the test's server"
         raise AssertionError(
-            f"{len(findings)} value(s) of base64 image data in database {database} "
-            f"(kept for inspection; drop it with `dropdb {database}`):\n  {lines}"
+            f"{len(findings)} value(s) of base64 image data in database {database} ({fate}):\n  {lines}"
         )

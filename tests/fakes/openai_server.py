@@ -45,8 +45,13 @@ GENERATE_PARAMS = {
     "dall-e-3": {"quality", "response_format", "size", "style", "user"},
 }
 QUALITIES = {"gpt-image-1": ("low", "medium", "high", "auto"), "dall-e-3": ("standard", "hd")}
-# gpt-image-1 output tokens for a square image by quality, from OpenAI's pricing page.
-OUTPUT_TOKENS = {"low": 272, "medium": 1056, "high": 4160, "auto": 1056}
+# gpt-image-1 output tokens by quality and size, as OpenAI's image generation guide documents them
+# ("Cost and latency"); "auto" quality answers as medium, "auto" size as 1024x1024.
+OUTPUT_TOKENS = {
+    "low": {"1024x1024": 272, "1024x1536": 408, "1536x1024": 400},
+    "medium": {"1024x1024": 1056, "1024x1536": 1584, "1536x1024": 1568},
+    "high": {"1024x1024": 4160, "1024x1536": 6240, "1536x1024": 6208},
+}
 
 CONTENT_POLICY_MESSAGE = (
     "Your request was rejected as a result of our safety system. Your prompt may contain text that is not "
@@ -296,7 +301,7 @@ class FakeOpenAI(FakeServer):
         if model == "gpt-image-1":
             text_tokens = max(1, len(prompt.split()))
             image_tokens = 323 if edit else 0
-            output_tokens = OUTPUT_TOKENS[quality]
+            output_tokens = OUTPUT_TOKENS["medium" if quality == "auto" else quality][f"{width}x{height}"]
             body: dict[str, Any] = {
                 "created": created,
                 "background": "transparent" if params.get("background") == "transparent" else "opaque",

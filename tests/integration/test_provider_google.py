@@ -1,5 +1,6 @@
-"""The Google provider end to end: Imagen on Vertex AI and Gemini image output with an API key, jobs from
-INSERT to `done` through the real `google-genai` SDK against a local fake, on real Postgres and a local store."""
+"""The Google provider end to end: Imagen on Vertex AI and Gemini image output with an API key, both through
+`generate_content`, jobs from INSERT to `done` through the real `google-genai` SDK against a local fake, on
+real Postgres and a local store."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from imagen_worker.providers.google import GoogleProvider
 from imagen_worker.queue import WorkerConfig
 from imagen_worker.spec import ImagePromptSpec
 
-from ..fakes.google_server import RAI_FILTERED, RAI_REFUSAL, FakeGoogle, decode_bytes, pick
+from ..fakes.google_server import RAI_REFUSAL, FakeGoogle, decode_bytes, pick
 from ..helpers import (
     one,
     provider_worker,
@@ -33,8 +34,6 @@ from ..helpers import (
 
 pytestmark = [
     pytest.mark.asyncio,
-    # google-genai 3.x marks generate_images deprecated in favour of generate_content (removal not before 2027).
-    pytest.mark.filterwarnings("ignore:The generate_images method is deprecated"),
     pytest.mark.filterwarnings("ignore:Inheritance class AiohttpClientSession from ClientSession is discouraged"),
 ]
 
@@ -97,7 +96,7 @@ async def assert_stored(
     return row
 
 
-async def test_imagen_job_on_vertex_ai_runs_from_insert_to_done_and_lands_in_the_store(
+async def test_imagen_job_on_vertex_ai_runs_through_generate_content_from_insert_to_done_and_lands_in_the_store(
     db: asyncpg.Connection, db_url: str, tmp_path: Path, fake: FakeGoogle
 ) -> None:
     job_id = await submit(db, IMAGEN, prompt="a red fox in snow", aspect_ratio="9:16", seed=7)
@@ -106,15 +105,40 @@ async def test_imagen_job_on_vertex_ai_runs_from_insert_to_done_and_lands_in_the
     row = await assert_stored(db, tmp_path, job_id, (768, 1408))
     assert row["seed"] == 7
     [sent] = fake.requests
-    assert sent.path.endswith(f"/projects/{PROJECT}/locations/{LOCATION}/publishers/google/models/{IMAGEN}:predict")
+    assert sent.path.endswith(
+        f"/projects/{PROJECT}/locations/{LOCATION}/publishers/google/models/{IMAGEN}:generateContent"
+    ), "not the deprecated generate_images (:predict)"
     assert sent.headers["Authorization"] == f"Bearer {fake.access_token}"
     assert "x-goog-api-key" not in {h.lower() for h in sent.headers}, (
         "Vertex AI is reached with credentials, not the key"
     )
-    assert sent.json["instances"] == [{"prompt": "a red fox in snow"}]
-    params = sent.json["parameters"]
-    assert (params["aspectRatio"], params["sampleCount"], params["seed"]) == ("9:16", 1, 7)
-    assert params["addWatermark"] is False, "Imagen takes a seed only without the watermark"
+    assert sent.json["contents"] == [{"role": "user", "parts": [{"text": "a red fox in snow"}]}]
+    generation = sent.json["generationConfig"]
+    assert (generation["responseModalities"], generation["candidateCount"], generation["seed"]) == (["IMAGE"], 1, 7)
+    assert generation["imageConfig"] == {"aspectRatio": "9:16", "imageOutputOptions": {"mimeType": "image/png"}}
+
+
+async def test_imagen_options_go_into_generate_contents_image_config(
+    db: asyncpg.Connection, db_url: str, tmp_path: Path, fake: FakeGoogle
+) -> None:
+    job_id = await submit(
+        db,
+        IMAGEN,
+        prompt="a crowd at a concert",
+        size="1408x768",
+        options={"person_generation": "allow_adult", "image_size": "2K"},
+    )
+    async with google_worker(db_url, tmp_path, provider_for(fake)):
+        assert await wait_for_status(db, [job_id], timeout=20) == {job_id: "done"}
+    await assert_stored(db, tmp_path, job_id, (2816, 1536))
+    [sent] = fake.requests
+    image_config = sent.json["generationConfig"]["imageConfig"]
+    assert (image_config["aspectRatio"], image_config["personGeneration"], image_config["imageSize"]) == (
+        "16:9",
+        "ALLOW_ADULT",
+        "2K",
+    )
+    assert "seed" not in sent.json["generationConfig"]
 
 
 async def test_gemini_job_with_an_api_key_runs_from_insert_to_done_and_lands_in_the_store(
@@ -155,18 +179,30 @@ async def test_gemini_refinement_sends_the_stored_previous_image_inline(
     assert hashlib.sha256(decode_bytes(blob["data"])).hexdigest() == first_image["sha256"]
 
 
-async def test_negative_prompt_is_a_parameter_where_the_model_takes_one_and_folded_into_the_prompt_elsewhere(
+async def test_a_negative_prompt_is_refused_for_imagen_naming_the_field_and_folded_into_geminis_prompt(
     db: asyncpg.Connection, db_url: str, tmp_path: Path, fake: FakeGoogle
 ) -> None:
-    old = await submit(db, "imagen-3.0-generate-001", prompt="a garden", negative_prompt="people")
-    new = await submit(db, "imagen-3.0-generate-002", prompt="a garden", negative_prompt="people")
+    """generate_content has no negative prompt: an Imagen job that sets one fails before any request (even
+    imagen-3.0-generate-001, which generate_images gave a negativePrompt); Gemini, which follows
+    instructions, gets it folded into the prompt as before."""
+    imagen = [
+        await submit(db, model, prompt="a garden", negative_prompt="people")
+        for model in ("imagen-3.0-generate-001", "imagen-3.0-generate-002", IMAGEN)
+    ]
+    gemini = await submit(db, GEMINI, prompt="a garden", negative_prompt="people")
     async with google_worker(db_url, tmp_path, provider_for(fake)):
-        assert await wait_for_status(db, [old, new], timeout=20) == {old: "done", new: "done"}
-    sent = {r.model: r.json for r in fake.requests}
-    assert sent["imagen-3.0-generate-001"]["parameters"]["negativePrompt"] == "people"
-    assert sent["imagen-3.0-generate-001"]["instances"] == [{"prompt": "a garden"}]
-    assert "negativePrompt" not in sent["imagen-3.0-generate-002"]["parameters"]
-    assert sent["imagen-3.0-generate-002"]["instances"] == [{"prompt": "a garden. Avoid: people"}]
+        statuses = await wait_for_status(db, [*imagen, gemini], timeout=20)
+    assert statuses == {**dict.fromkeys(imagen, "failed"), gemini: "done"}
+    for job_id in imagen:
+        row = await one(db, "select model, attempts, error from imagen.jobs where id = $1", job_id)
+        assert row["attempts"] == 1
+        assert (
+            f"spec.negative_prompt: google/{row['model']} takes no negative prompt through generate_content"
+            in (row["error"])
+        )
+    [sent] = fake.requests
+    assert sent.model == GEMINI
+    assert sent.json["contents"][0]["parts"] == [{"text": "a garden. Avoid: people"}]
 
 
 async def test_spec_errors_name_the_field_and_allowed_values_before_any_request(
@@ -186,8 +222,8 @@ async def test_spec_errors_name_the_field_and_allowed_values_before_any_request(
             db, IMAGEN, prompt="x", previous_image_id=uuid.uuid4()
         ): "spec.previous_image_id: google/imagen-4.0-generate-001 cannot refine a previous image",
         await submit(
-            db, IMAGEN, prompt="x", options={"person_generation": "everyone"}
-        ): "spec.options.person_generation: 'everyone' is not offered by google/imagen-4.0-generate-001; use one of dont_allow, allow_adult, allow_all",
+            db, IMAGEN, prompt="x", options={"person_generation": "dont_allow"}
+        ): "spec.options.person_generation: 'dont_allow' is not offered by google/imagen-4.0-generate-001; use one of allow_none, allow_adult, allow_all",
         await submit(
             db, "imagen-3.0-generate-002", prompt="x", options={"image_size": "2K"}
         ): "spec.options.image_size: not an option of google/imagen-3.0-generate-002; the options are person_generation",
@@ -228,8 +264,8 @@ async def test_fifty_jobs_finish_through_429s_and_500s_on_thirty_percent_of_call
     async with google_worker(db_url, tmp_path, provider_for(fake), config):
         statuses = await wait_for_status(db, ids, timeout=30)
     assert set(statuses.values()) == {"done"}, {k: v for k, v in statuses.items() if v != "done"}
-    rows = await db.fetch("select job_id, count(*) as n from imagen.images group by job_id")
-    assert {r["job_id"]: r["n"] for r in rows} == dict.fromkeys(ids, 1)
+    for job_id in ids:
+        await assert_stored(db, tmp_path, job_id, (1024, 1024))  # its own image, whole, pointed at by the job
     # The faults really happened (30 % of all calls), on both routes, and every one was answered by a retry.
     assert fake.faults["rate_limit"] >= 10 and fake.faults["server_error"] >= 5
     assert len(fake.requests) == 50 + sum(fake.faults.values())
@@ -241,7 +277,8 @@ async def test_fifty_jobs_finish_through_429s_and_500s_on_thirty_percent_of_call
     ("model", "fault", "message"),
     [
         (IMAGEN, "content_policy", RAI_REFUSAL),
-        (IMAGEN, "rai_filtered", RAI_FILTERED),
+        (IMAGEN, "prompt_blocked", "blocked the prompt (PROHIBITED_CONTENT)"),
+        (IMAGEN, "image_safety", "returned no image: blocked (IMAGE_SAFETY)"),
         (GEMINI, "prompt_blocked", "blocked the prompt (PROHIBITED_CONTENT)"),
         (GEMINI, "image_safety", "returned no image: blocked (IMAGE_SAFETY)"),
     ],
@@ -260,16 +297,31 @@ async def test_safety_refusal_fails_the_job_once_with_the_providers_reason(
     assert await db.fetchval("select count(*) from imagen.images") == 0
 
 
+RATE_LIMITED = "rate limited by Google (429 RESOURCE_EXHAUSTED)"
+
+
 @pytest.mark.parametrize(
-    ("model", "fault", "says"),
+    ("model", "fault", "says", "wait"),
     [
-        (IMAGEN, "rate_limit", "rate limited by Google (429 RESOURCE_EXHAUSTED)"),
-        (GEMINI, "rate_limit", "rate limited by Google (429 RESOURCE_EXHAUSTED)"),
-        (IMAGEN, "unavailable", "Google failed (503 UNAVAILABLE)"),
+        # Gemini's quota 429 says when only in its body: a google.rpc.RetryInfo retryDelay, no header.
+        (GEMINI, "rate_limit", RATE_LIMITED, "Google's"),
+        # Only a Retry-After header, no details.
+        (GEMINI, "rate_limit_retry_after", RATE_LIMITED, "Google's"),
+        (IMAGEN, "rate_limit_retry_after", RATE_LIMITED, "Google's"),
+        # Vertex AI's quota 429 says nothing of when: the queue's own backoff.
+        (IMAGEN, "rate_limit", RATE_LIMITED, "the queue's"),
+        (IMAGEN, "unavailable", "Google failed (503 UNAVAILABLE)", "the queue's"),
     ],
 )
-async def test_sdk_errors_go_back_to_the_queue_and_retry_after_is_honoured(
-    db: asyncpg.Connection, db_url: str, tmp_path: Path, fake: FakeGoogle, model: str, fault: str, says: str
+async def test_sdk_errors_go_back_to_the_queue_after_the_wait_google_asks_for_else_the_queues_backoff(
+    db: asyncpg.Connection,
+    db_url: str,
+    tmp_path: Path,
+    fake: FakeGoogle,
+    model: str,
+    fault: str,
+    says: str,
+    wait: str,
 ) -> None:
     fake.plan = lambda _index: fault
     fake.retry_after = 30
@@ -279,10 +331,10 @@ async def test_sdk_errors_go_back_to_the_queue_and_retry_after_is_honoured(
         row = await wait_for_failure(db, job_id)
     assert (row["status"], row["attempts"]) == ("pending", 1)
     assert says in row["error"]
-    if fault == "rate_limit":
-        assert 25 < row["due_in"] <= 31, "the queue waits Google's Retry-After, not its own ~5 s backoff"
+    if wait == "Google's":
+        assert 25 < row["due_in"] <= 31, "the queue waits the 30 s Google asked for, not its own ~5 s backoff"
     else:
-        assert 3 < row["due_in"] < 7, "the queue's own backoff"
+        assert 3 < row["due_in"] < 7, "the queue's own ~5 s backoff"
 
 
 @pytest.mark.parametrize("failure", ["timeout", "unreachable"])

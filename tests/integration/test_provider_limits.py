@@ -30,7 +30,7 @@ from imagen_worker.queue import WorkerConfig
 from imagen_worker.spec import parse_spec
 
 from ..conftest import IMAGEN
-from ..helpers import local_pipeline, running_worker, wait_for_status
+from ..helpers import local_pipeline, running_worker, wait_for_listeners, wait_for_status
 
 if TYPE_CHECKING:
     from imagen_worker.queue import JobContext
@@ -47,11 +47,13 @@ class CallRecorder:
         self.in_flight = 0
         self.max_in_flight = 0
         self.starts: list[float] = []
+        self.callers: set[str] = set()
 
-    def enter(self) -> None:
+    def enter(self, caller: str) -> None:
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         self.starts.append(time.monotonic())
+        self.callers.add(caller)
 
     def leave(self) -> None:
         self.in_flight -= 1
@@ -68,7 +70,7 @@ class SlowProvider(Provider):
         self.delay = delay
 
     async def generate(self, request: GenerationRequest, ctx: JobContext) -> ProviderResult:
-        self.recorder.enter()
+        self.recorder.enter(ctx.worker.config.worker_id)
         try:
             await asyncio.sleep(self.delay)
             return ProviderResult(GeneratedImage(draw(request.prompt, 1, 32, 32), seed=1))
@@ -108,20 +110,39 @@ async def test_max_concurrent_set_by_cli_holds_across_two_workers(
         running_worker(db_url, local_pipeline(tmp_path / "a", factories), config()),
         running_worker(db_url, local_pipeline(tmp_path / "b", factories), config()),
     ):
-        await asyncio.sleep(0.3)  # both LISTENing, so both claim
-        ids = await submit(db, 12)
+        await wait_for_listeners(db, 2)
+        # Queued at once, twelve jobs are more than one worker's eight slots: the other worker, woken by
+        # the same NOTIFY, claims the rest long before a 0.25 s call frees a slot.
+        async with db.transaction():
+            ids = await submit(db, 12)
         statuses = await wait_for_status(db, ids, timeout=30)
     assert set(statuses.values()) == {"done"}
     assert recorder.max_in_flight == 2, "more than max_concurrent calls ran at once"
-    holders = await db.fetch("select distinct locked_by from imagen.jobs where id = any($1::uuid[])", ids)
-    assert len(holders) == 2, "both workers should have run jobs"
+    assert len(recorder.callers) == 2, "both workers should have called the provider"
     assert await db.fetchval("select count(*) from imagen.provider_slots") == 0
+
+
+# Every slot a provider call is granted, stamped with the database's clock at the grant (acquired_at).
+RECORD_GRANTS = """
+create table public.test_grants (job_id uuid not null, at timestamptz not null);
+create function public.record_grant() returns trigger language plpgsql as $$
+begin
+  insert into public.test_grants values (new.job_id, new.acquired_at);
+  return new;
+end $$;
+create trigger record_grant after insert or update on imagen.provider_slots
+  for each row execute function public.record_grant();
+"""
 
 
 async def test_requests_per_minute_spaces_calls_across_workers(
     db: asyncpg.Connection, db_url: str, tmp_path: Path
 ) -> None:
-    await set_limit(db, "slow", requests_per_minute=120)  # one call every 0.5 s, burst 1
+    # One call every 0.5 s, burst 1. The max_concurrent above the five jobs never binds: it makes each
+    # grant leave a provider_slots row, so the spacing is measured where the limiter decides it, at the
+    # database, not after each grant's trip back to a worker.
+    await set_limit(db, "slow", requests_per_minute=120, max_concurrent=5)
+    await db.execute(RECORD_GRANTS)
     recorder = CallRecorder()
     factories: dict[str, Callable[[], Provider]] = {"slow": lambda: SlowProvider(recorder, 0.0)}
     async with (
@@ -130,11 +151,11 @@ async def test_requests_per_minute_spaces_calls_across_workers(
     ):
         ids = await submit(db, 5)
         await wait_for_status(db, ids, timeout=30)
-    starts = sorted(recorder.starts)
-    gaps = [b - a for a, b in itertools.pairwise(starts)]
-    assert len(starts) == 5
-    assert min(gaps) >= 0.4, f"calls closer than the rate allows: {gaps}"
-    assert starts[-1] - starts[0] >= 4 * 0.5 - 0.1
+    grants = await db.fetch("select job_id, at from public.test_grants order by at")
+    assert sorted(r["job_id"] for r in grants) == sorted(ids), "one grant per call"
+    assert len(recorder.starts) == 5
+    gaps = [(b["at"] - a["at"]).total_seconds() for a, b in itertools.pairwise(grants)]
+    assert min(gaps) >= 0.5 - 1e-6, f"calls granted closer than the rate allows: {gaps}"  # whole microseconds
 
 
 DEAD_WORKER = textwrap.dedent(

@@ -76,12 +76,16 @@ async def run(
     return job_id
 
 
-async def stored_image(db: asyncpg.Connection, store: Path, job_id: uuid.UUID) -> asyncpg.Record:
+async def stored_image(
+    db: asyncpg.Connection, store: Path, job_id: uuid.UUID, aspect: tuple[int, int] = (1, 1)
+) -> asyncpg.Record:
+    """The job's images row, after checking the stored PNG has the row's size and the `aspect` (w, h) asked for."""
     job = await db.fetchrow("select status, error, image_id from imagen.jobs where id = $1", job_id)
     assert job["status"] == "done", job["error"]
     image = await db.fetchrow("select * from imagen.images where id = $1", job["image_id"])
     with Image.open(io.BytesIO((store / image["bucket"] / image["path"]).read_bytes())) as img:
-        assert img.format == "PNG" and img.size == (image["width"], image["height"]) == (128, 128)
+        assert img.format == "PNG" and img.size == (image["width"], image["height"])
+        assert img.width * aspect[1] == img.height * aspect[0], f"{img.size} is not {aspect[0]}:{aspect[1]}"
     with Image.open(store / image["bucket"] / image["thumb_path"]) as thumb:
         assert thumb.format == "WEBP"
     return image
@@ -106,7 +110,7 @@ async def test_polled_task_records_its_progress_percentages_and_ends_done(
     }
     job_id = await run(db_url, db, tmp_path, provider_for(fake), spec)
 
-    image = await stored_image(db, tmp_path, job_id)
+    image = await stored_image(db, tmp_path, job_id, aspect=(16, 9))
     assert image["seed"] == 7 and image["provider"] == "midjourney"
     assert await progress_of(db, job_id) == [0.0, 0.15, 0.45, 0.8, 1.0]  # each change once, in order
     [submitted] = fake.submissions

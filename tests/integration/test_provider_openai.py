@@ -78,8 +78,30 @@ async def test_gpt_image_1_job_runs_from_insert_to_done_and_lands_in_the_store(
         "quality": "low",
         "output_format": "png",
     }
-    # The exact cost from the answer's token usage, not a price table's estimate: 3 text tokens at $5/M + 272 output tokens at $40/M.
-    assert await db.fetchval("select cost_usd from imagen.jobs where id = $1", job_id) == Decimal("0.010895")
+    # The exact cost from the answer's token usage, not a price table's estimate: 3 text tokens at $5/M + the
+    # 400 output tokens a low-quality 1536x1024 image bills, at $40/M.
+    assert await db.fetchval("select cost_usd from imagen.jobs where id = $1", job_id) == Decimal("0.016015")
+
+
+@pytest.mark.parametrize(
+    ("size", "quality", "cost"),
+    [
+        # OpenAI's documented output tokens for each size and quality, at $40/M, + 3 text tokens at $5/M.
+        ("1024x1024", "low", "0.010895"),  # 272 tokens
+        ("1024x1536", "low", "0.016335"),  # 408
+        ("1024x1024", "medium", "0.042255"),  # 1056
+        ("1536x1024", "medium", "0.062735"),  # 1568
+        ("1024x1536", "high", "0.249615"),  # 6240
+        ("1536x1024", "high", "0.248335"),  # 6208
+    ],
+)
+async def test_gpt_image_1_cost_is_the_price_of_the_output_tokens_of_its_size_and_quality(
+    db: asyncpg.Connection, db_url: str, tmp_path: Path, fake: FakeOpenAI, size: str, quality: str, cost: str
+) -> None:
+    job_id = await submit(db, "gpt-image-1", prompt="a red fox", size=size, quality=quality)
+    async with openai_worker(db_url, tmp_path, OpenAIProvider(api_key=fake.api_key, base_url=fake.base_url)):
+        assert await wait_for_status(db, [job_id], timeout=20) == {job_id: "done"}
+    assert await db.fetchval("select cost_usd from imagen.jobs where id = $1", job_id) == Decimal(cost)
 
 
 async def test_dall_e_3_url_answer_is_downloaded_and_its_revised_prompt_kept_in_the_events(
@@ -188,8 +210,8 @@ async def test_fifty_jobs_finish_through_429s_and_500s_on_thirty_percent_of_call
     async with openai_worker(db_url, tmp_path, OpenAIProvider(api_key=fake.api_key, base_url=fake.base_url), config):
         statuses = await wait_for_status(db, ids, timeout=30)
     assert set(statuses.values()) == {"done"}, {k: v for k, v in statuses.items() if v != "done"}
-    rows = await db.fetch("select job_id, count(*) as n from imagen.images group by job_id")
-    assert {r["job_id"]: r["n"] for r in rows} == dict.fromkeys(ids, 1)
+    for job_id in ids:
+        await assert_stored(db, tmp_path, job_id, (1024, 1024))  # its own image, whole, pointed at by the job
     # The faults really happened (30 % of all calls), and every one was answered by a retry.
     assert fake.faults["rate_limit"] >= 10 and fake.faults["server_error"] >= 5
     assert len(fake.requests) == 50 + sum(fake.faults.values())

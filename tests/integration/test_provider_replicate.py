@@ -29,7 +29,7 @@ from imagen_worker.webhook_server import WebhookServer
 from imagen_worker.webhooks import WebhookReceiver
 
 from ..fakes.replicate_server import FakeReplicate
-from ..helpers import local_pipeline, running_worker, wait_for_status
+from ..helpers import local_pipeline, running_worker, wait_for_listeners, wait_for_status
 
 pytestmark = pytest.mark.asyncio
 
@@ -167,6 +167,7 @@ async def test_cancelling_the_job_cancels_the_prediction_upstream(
     fake.hold = True
     pipeline = local_pipeline(tmp_path, {"replicate": lambda: provider_for(fake)})
     async with running_worker(db_url, pipeline, CONFIG):
+        await wait_for_listeners(db)  # the cancel reaches the handler through imagen_job_signals
         job_id = await submit(db)
 
         async def recorded() -> bool:

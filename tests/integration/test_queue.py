@@ -18,7 +18,13 @@ from imagen_worker.jobs import submit_job
 from imagen_worker.queue import JobContext, JobResult, WorkerConfig
 from imagen_worker.spec import ImagePromptSpec
 
-from ..helpers import local_pipeline, running_worker, wait_for_status
+from ..helpers import (
+    local_pipeline,
+    running_worker,
+    wait_for_listeners,
+    wait_for_status,
+    wait_until,
+)
 
 pytestmark = pytest.mark.asyncio
 
@@ -50,7 +56,7 @@ async def test_job_inserted_by_sql_is_picked_up_via_notify_well_under_the_poll_i
 ) -> None:
     runs: list[tuple[uuid.UUID, int, float]] = []
     async with running_worker(db_url, recording_handler(runs), WorkerConfig(poll_interval=30)):
-        await asyncio.sleep(0.5)  # the worker is idle and listening; its next poll is ~30 s away
+        await wait_for_listeners(db)  # the worker is listening; its next poll is ~30 s away
         sent = time.monotonic()
         job_id = await sql_insert(db)
         await wait_for_status(db, [job_id], ["done"], timeout=10)
@@ -63,15 +69,17 @@ async def test_poll_only_worker_picks_up_jobs_by_polling(db: asyncpg.Connection,
     async with running_worker(
         db_url, recording_handler(runs), WorkerConfig(poll_only=True, poll_interval=0.3)
     ) as worker:
-        await asyncio.sleep(0.4)
-        job_id = await sql_insert(db)
-        await wait_for_status(db, [job_id], ["done"], timeout=10)
+        first = await sql_insert(db)
+        await wait_for_status(db, [first], ["done"], timeout=10)
+        # Queued after the worker found the first: only a later poll can find this one.
+        second = await sql_insert(db)
+        await wait_for_status(db, [second], ["done"], timeout=10)
         assert worker._listener is None
         listening = await db.fetchval(
             "select count(*) from pg_stat_activity where datname = current_database() and query ilike 'listen%'"
         )
         assert listening == 0
-    assert [r[0] for r in runs] == [job_id]
+    assert [r[0] for r in runs] == [first, second]
 
 
 async def test_claims_follow_priority_then_run_at(db: asyncpg.Connection, db_url: str) -> None:
@@ -87,7 +95,7 @@ async def test_claims_follow_priority_then_run_at(db: asyncpg.Connection, db_url
 async def test_job_scheduled_in_the_future_waits_for_its_run_at(db: asyncpg.Connection, db_url: str) -> None:
     runs: list[tuple[uuid.UUID, int, float]] = []
     async with running_worker(db_url, recording_handler(runs), WorkerConfig(poll_interval=30)):
-        await asyncio.sleep(0.3)
+        await wait_for_listeners(db)
         started = time.monotonic()
         job_id = await db.fetchval(
             "insert into imagen.jobs (owner_user_id, prompt, run_at) values ($1, 'later', now() + interval '1 second') returning id",
@@ -200,14 +208,22 @@ async def test_api_key_in_an_exception_never_reaches_jobs_error(
     assert error.startswith("RuntimeError: 401 Unauthorized: Incorrect API key provided: ***")
 
 
-async def test_cancelling_a_pending_job_takes_effect_at_once(db: asyncpg.Connection) -> None:
+async def test_cancelling_a_pending_job_takes_effect_at_once_and_no_worker_runs_it(
+    db: asyncpg.Connection, db_url: str
+) -> None:
     job_id = await sql_insert(db)
     assert await db.fetchval("select imagen.cancel_job($1)", job_id) == "cancelled"
     row = await db.fetchrow("select status, completed_at from imagen.jobs where id = $1", job_id)
     assert row["status"] == "cancelled" and row["completed_at"] is not None
-    # A cancelled job is never claimed.
-    claimed = await db.fetch("update imagen.jobs set status = status where status = 'pending' returning id")
-    assert claimed == []
+    runs: list[tuple[uuid.UUID, int, float]] = []
+    async with running_worker(db_url, recording_handler(runs), WorkerConfig(concurrency=1)):
+        # Queued after the cancelled job, so behind it in claim order: once this one has run, a claim
+        # that took cancelled jobs would have taken that one first.
+        after = await sql_insert(db, "queued after the cancelled one")
+        await wait_for_status(db, [after], ["done"])
+    assert [r[0] for r in runs] == [after], "the handler ran for a cancelled job"
+    row = await db.fetchrow("select status, attempts, locked_by from imagen.jobs where id = $1", job_id)
+    assert (row["status"], row["attempts"], row["locked_by"]) == ("cancelled", 0, None)
 
 
 async def test_cancelling_a_running_job_aborts_its_handler(db: asyncpg.Connection, db_url: str, tmp_path: Path) -> None:
@@ -227,18 +243,24 @@ async def test_cancelling_a_running_job_aborts_its_handler(db: asyncpg.Connectio
         return await pipeline(ctx)
 
     async with running_worker(db_url, long_job) as worker:
+        # The cancel must reach the handler through imagen_job_signals: once the worker LISTENs. (A job
+        # claimed before that, at start-up, would learn of it only at its next heartbeat.)
+        await wait_for_listeners(db)
         job_id = await sql_insert(db)
         await asyncio.wait_for(started.wait(), 10)
         t0 = time.monotonic()
         assert await db.fetchval("select imagen.cancel_job($1)", job_id) == "cancelled"
         await asyncio.wait_for(aborted.wait(), 5)
         abort_s = time.monotonic() - t0
-        # The worker goes on with other work.
-        other = await sql_insert(db, "next", spec={"options": {}})
+        # The worker goes on with other work. (Cleared before the job is queued: the worker can start it
+        # before the INSERT's answer reaches this test.)
         started.clear()
+        other = await sql_insert(db, "next", spec={"options": {}})
         await asyncio.wait_for(started.wait(), 10)
-        await db.fetchval("select imagen.cancel_job($1)", other)
-        await wait_for_status(db, [other], ["cancelled"])
+        aborted.clear()
+        assert await db.fetchval("select imagen.cancel_job($1)", other) == "cancelled"
+        # The row reads cancelled at once; the handler stops once the signal reaches the worker.
+        await asyncio.wait_for(aborted.wait(), 5)
         assert worker.stats["cancelled"] == 2
     assert abort_s < 2.0, "the handler was not told through imagen_job_signals"
     assert reasons == ["cancelled", "cancelled"]
@@ -358,13 +380,9 @@ async def test_expired_lease_with_attempts_spent_fails_the_job(db: asyncpg.Conne
 async def test_listener_reconnects_after_its_connection_is_killed(db: asyncpg.Connection, db_url: str) -> None:
     runs: list[tuple[uuid.UUID, int, float]] = []
     async with running_worker(db_url, recording_handler(runs), WorkerConfig(poll_interval=30)):
-        await asyncio.sleep(0.5)
-        killed = await db.fetchval(
-            """select count(pg_terminate_backend(pid)) from pg_stat_activity
-               where datname = current_database() and query ilike 'listen%' and pid <> pg_backend_pid()"""
-        )
-        assert killed == 1
-        await asyncio.sleep(1.0)
+        [listener] = await wait_for_listeners(db)
+        assert await db.fetchval("select pg_terminate_backend($1)", listener)
+        await wait_for_listeners(db, besides=[listener])  # a new session LISTENs in its place
         sent = time.monotonic()
         job_id = await sql_insert(db)
         await wait_for_status(db, [job_id], ["done"], timeout=10)
@@ -378,8 +396,10 @@ async def test_owner_scope_runs_only_that_owners_jobs(db: asyncpg.Connection, db
     runs: list[tuple[uuid.UUID, int, float]] = []
     async with running_worker(db_url, recording_handler(runs), WorkerConfig(scope="owner", owner_user_id=OWNER)):
         await wait_for_status(db, [mine], ["done"])
-        await asyncio.sleep(0.5)
-    assert [r[0] for r in runs] == [mine]
+        # Behind the other owner's job in claim order: once it has run, theirs was passed over.
+        later = await sql_insert(db, "mine, later")
+        await wait_for_status(db, [later], ["done"])
+    assert [r[0] for r in runs] == [mine, later]
     assert await db.fetchval("select status from imagen.jobs where id = $1", theirs) == "pending"
 
 
@@ -422,21 +442,31 @@ async def test_prefetched_jobs_wait_for_a_slot_and_never_exceed_concurrency(
 ) -> None:
     running = 0
     peak = 0
+    finished = 0
+    held: list[int] = []  # jobs claimed and not finished, as each handler starts
+    gate = asyncio.Event()
 
     async def handler(ctx: JobContext) -> None:
-        nonlocal running, peak
+        nonlocal running, peak, finished
         running += 1
         peak = max(peak, running)
-        await asyncio.sleep(0.05)
+        held.append(ctx.worker.stats["claimed"] - finished)
+        await gate.wait()
         running -= 1
+        finished += 1
 
     ids = [await sql_insert(db, f"job {i}") for i in range(30)]
     async with running_worker(db_url, handler, WorkerConfig(concurrency=3, prefetch=6)) as worker:
-        await asyncio.sleep(0.1)
-        held = await db.fetchval("select count(*) from imagen.jobs where status = 'running'")
+        # The first three handlers keep their slots: the worker claims six more ahead, and no more.
+        await wait_until(
+            lambda: db.fetchval("select count(*) = 9 from imagen.jobs where status = 'running'"),
+            "concurrency + prefetch jobs claimed",
+        )
+        assert running == 3, "a prefetched job started without a free slot"
+        gate.set()
         await wait_for_status(db, ids, ["done"], timeout=30)
     assert peak == 3, "more handlers ran at once than the concurrency allows"
-    assert 3 < held <= 9, f"prefetch should hold up to concurrency + prefetch jobs, held {held}"
+    assert max(held) <= 9, f"the worker held more than concurrency + prefetch jobs: {max(held)}"
     assert worker.stats["done"] == 30
 
 
@@ -449,16 +479,19 @@ async def test_cancelling_a_prefetched_job_drops_it_before_it_starts(db: asyncpg
         await gate.wait()
 
     first = await sql_insert(db, "first")
-    async with running_worker(db_url, handler, WorkerConfig(concurrency=1, prefetch=1)):
+    async with running_worker(db_url, handler, WorkerConfig(concurrency=1, prefetch=1)) as worker:
+        await wait_for_listeners(db)  # the cancel below reaches the worker through imagen_job_signals
         await wait_for_status(db, [first], ["running"])
         second = await sql_insert(db, "second")
         await wait_for_status(db, [second], ["running"])  # claimed into the prefetch buffer
         assert await db.fetchval("select imagen.cancel_job($1)", second) == "cancelled"
-        await asyncio.sleep(0.3)
+        await wait_until(lambda: worker.stats["cancelled"] == 1, "the cancellation reached the worker")
         gate.set()
         await wait_for_status(db, [first], ["done"])
-        await asyncio.sleep(0.3)
-    assert started == [first]
+        # The one slot's next job: had the cancelled job stayed in the buffer, it would have run before this.
+        third = await sql_insert(db, "third")
+        await wait_for_status(db, [third], ["done"])
+    assert started == [first, third]
     assert await db.fetchval("select status from imagen.jobs where id = $1", second) == "cancelled"
 
 
@@ -476,9 +509,9 @@ async def test_shutdown_releases_prefetched_jobs_that_never_started(db: asyncpg.
     assert [r["attempts"] for r in rows] == [1, 0, 0]
 
 
-async def test_worker_sessions_plan_for_a_queue(db_url: str) -> None:
+async def test_worker_sessions_plan_for_a_queue(db: asyncpg.Connection, db_url: str) -> None:
     async with running_worker(db_url, recording_handler([])) as worker:
-        await asyncio.sleep(0.2)
+        await wait_for_listeners(db)  # started: its pool is open
         settings = await worker.pool.fetchrow(
             "select current_setting('enable_bitmapscan') as b, current_setting('plan_cache_mode') as p"
         )

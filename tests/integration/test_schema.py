@@ -295,7 +295,13 @@ async def seed_two_users(db: asyncpg.Connection) -> dict[str, Any]:
             owner,
         )
         await db.execute(
-            "insert into imagen.canvas_nodes (canvas_id, id, owner_user_id, type) values ($1, 'n1', $2, 'image')",
+            """insert into imagen.canvas_nodes (canvas_id, id, owner_user_id, type)
+               values ($1, 'n1', $2, 'image'), ($1, 'n2', $2, 'image')""",
+            canvas,
+            owner,
+        )
+        await db.execute(
+            "insert into imagen.canvas_edges (canvas_id, id, owner_user_id, source, target) values ($1, 'e1', $2, 'n1', 'n2')",
             canvas,
             owner,
         )
@@ -306,10 +312,18 @@ async def seed_two_users(db: asyncpg.Connection) -> dict[str, Any]:
 async def test_rls_user_sees_only_their_own_rows(db: asyncpg.Connection) -> None:
     ids = await seed_two_users(db)
     await as_user(db, "authenticated", ids["a"])
-    for table in ("jobs", "images", "job_events", "canvases", "canvas_nodes"):
+    for table in ("jobs", "images", "job_events", "canvases", "canvas_nodes", "canvas_edges"):
         owners = {r[0] for r in await db.fetch(f"select owner_user_id from imagen.{table}")}
         assert owners == {ids["a"]}, table
     assert await db.fetchval("select count(*) from imagen.jobs where id = $1", ids["b_job"]) == 0
+    # What a user may change on a canvas is theirs only: the other user's edge is out of reach.
+    assert (
+        await db.execute("update imagen.canvas_edges set target = 'n1' where canvas_id = $1", ids["b_canvas"])
+        == "UPDATE 0"
+    )
+    assert await db.execute("delete from imagen.canvas_edges where canvas_id = $1", ids["b_canvas"]) == "DELETE 0"
+    await db.execute("reset role")
+    assert await db.fetchval("select count(*) from imagen.canvas_edges where canvas_id = $1", ids["b_canvas"]) == 1
 
 
 async def test_rls_user_cannot_insert_under_another_users_id(db: asyncpg.Connection) -> None:
@@ -319,6 +333,12 @@ async def test_rls_user_cannot_insert_under_another_users_id(db: asyncpg.Connect
         await insert_job(db, ids["b"])
     with pytest.raises(asyncpg.InsufficientPrivilegeError, match="row-level security"):
         await db.execute("insert into imagen.canvases (owner_user_id) values ($1)", ids["b"])
+    with pytest.raises(asyncpg.InsufficientPrivilegeError, match="row-level security"):
+        await db.execute(
+            "insert into imagen.canvas_edges (canvas_id, id, owner_user_id, source, target) values ($1, 'e2', $2, 'n2', 'n1')",
+            ids["b_canvas"],
+            ids["b"],
+        )
     with pytest.raises(asyncpg.InsufficientPrivilegeError):
         await insert_image(db, ids["b"], ids["b_job"])
     with pytest.raises(asyncpg.InsufficientPrivilegeError):

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import time
 import urllib.parse
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,7 @@ def jp_server_config(
     db_url: str, data_dir: Path, imagen_config: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> dict[str, Any]:
     monkeypatch.setenv("IMAGEN_DATA_DIR", str(data_dir))
+    monkeypatch.setenv("REPLICATE_WEBHOOK_SECRET", WEBHOOK_SECRET)
     for name in ("OPENAI_API_KEY", "STABILITY_API_KEY", "REPLICATE_API_TOKEN", "GOOGLE_API_KEY"):
         monkeypatch.delenv(name, raising=False)
     return {
@@ -566,3 +569,161 @@ async def test_the_extension_stops_with_no_task_or_connection_left(
     finally:
         await conn.close()
     assert others == 0
+
+
+async def _insert_foreign_rows(db_url: str) -> dict[str, str]:
+    """Another owner's canvas, job and image, written directly (as the table owner)."""
+    other = uuid.uuid4()
+    conn = await asyncpg.connect(db_url)
+    try:
+        canvas_id = await conn.fetchval(
+            "insert into imagen.canvases (owner_user_id, name) values ($1, 'theirs') returning id", other
+        )
+        job_id = await conn.fetchval(
+            "insert into imagen.jobs (owner_user_id, prompt, canvas_id) values ($1, 'theirs', $2) returning id",
+            other,
+            canvas_id,
+        )
+        image_id = await conn.fetchval(
+            "insert into imagen.images (owner_user_id, job_id, bucket, path, content_type, width, height, bytes, sha256) "
+            "values ($1, $2, 'images', $3, 'image/png', 1, 1, 1, repeat('0', 64)) returning id",
+            other,
+            job_id,
+            f"{other}/{job_id}.png",
+        )
+    finally:
+        await conn.close()
+    return {"canvas": str(canvas_id), "job": str(job_id), "image": str(image_id), "owner": str(other)}
+
+
+@config(run_worker=False)
+async def test_another_owners_jobs_images_and_canvases_are_invisible_through_every_route(
+    jp_fetch: Any, db_url: str
+) -> None:
+    await ready(jp_fetch)
+    theirs = await _insert_foreign_rows(db_url)
+    mine = await post_job(jp_fetch, {"prompt": "mine"})
+    for parts in (
+        ("jobs", theirs["job"]),
+        ("jobs", theirs["job"], "events"),
+        ("images", theirs["image"]),
+        ("images", theirs["image"], "content"),
+        ("canvases", theirs["canvas"]),
+    ):
+        status, answer = await api(jp_fetch, *parts)
+        assert status == 404, (parts, answer)
+    status, answer = await api(jp_fetch, "jobs", theirs["job"], "cancel", method="POST")
+    assert status == 404
+    status, answer = await api(jp_fetch, "canvases", theirs["canvas"], method="DELETE")
+    assert status == 404
+    # Saving over their canvas id is refused, and does not touch it.
+    status, answer = await api(
+        jp_fetch, "canvases", theirs["canvas"], method="PUT", body={"version": 0, "nodes": [], "edges": []}
+    )
+    assert status == 409 and answer["current"] is None
+    _, page = await api(jp_fetch, "jobs")
+    assert [j["id"] for j in page["jobs"]] == [mine["id"]]
+    _, listing = await api(jp_fetch, "canvases")
+    assert listing["canvases"] == []
+    _, stats = await api(jp_fetch, "stats")
+    assert stats["jobs"] == 1 and stats["counts"]["pending"] == 1
+    conn = await asyncpg.connect(db_url)
+    try:
+        row = await conn.fetchrow(
+            "select status, name from imagen.jobs j join imagen.canvases c on c.id = j.canvas_id where j.id = $1",
+            uuid.UUID(theirs["job"]),
+        )
+        assert (row["status"], row["name"]) == ("pending", "theirs")
+    finally:
+        await conn.close()
+
+
+@pytest.mark.asyncio
+async def test_queries_for_an_owner_run_under_rls_whatever_they_select(db_url: str) -> None:
+    from imagen_worker.db import create_pool
+    from imagen_worker.service import as_owner
+
+    theirs = await _insert_foreign_rows(db_url)
+    pool = await create_pool(db_url, min_size=1, max_size=1)
+    try:
+        async with as_owner(pool, uuid.uuid4()) as conn:
+            # no owner filter at all: row-level security still hides the other owner's rows
+            assert await conn.fetchval("select count(*) from imagen.jobs") == 0
+            assert await conn.fetchval("select count(*) from imagen.images") == 0
+            assert await conn.fetchval("select count(*) from imagen.canvases") == 0
+        async with as_owner(pool, uuid.UUID(theirs["owner"])) as conn:
+            assert await conn.fetchval("select count(*) from imagen.jobs") == 1
+        # the transaction's role and claims end with it
+        async with pool.acquire() as conn:
+            assert await conn.fetchval("select current_user") == "postgres"
+            assert await conn.fetchval("select current_setting('request.jwt.claims', true)") in (None, "")
+    finally:
+        await pool.close()
+
+
+async def test_the_stats_route_reports_the_owners_counts_durations_and_costs(jp_fetch: Any, jp_ws_fetch: Any) -> None:
+    await ready(jp_fetch)
+    await _done_job(jp_fetch, jp_ws_fetch)
+    status, stats = await api(jp_fetch, "stats")
+    assert status == 200
+    assert stats["counts"]["done"] == 1 and stats["run_seconds"]["n"] == 1
+    assert [(m["provider"], m["model"], m["done"]) for m in stats["by_model"]] == [("local", "local-v1", 1)]
+    status, answer = await api(jp_fetch, "stats", params={"since": "yesterday"})
+    assert status == 400 and answer["error"]["field"] == "since"
+
+
+WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"replicate-signing-key-for-tests!").decode()
+
+
+@config(run_worker=False)
+async def test_the_webhook_route_takes_signed_deliveries_without_a_session_and_refuses_forged_ones(
+    jp_fetch: Any, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from standardwebhooks import Webhook
+
+    await ready(jp_fetch)
+    conn = await asyncpg.connect(db_url)
+    try:
+        job_id = await conn.fetchval(
+            "insert into imagen.jobs (owner_user_id, prompt, provider, model, provider_job_id) "
+            "values ($1, 'x', 'replicate', 'black-forest-labs/flux-schnell', 'pred-1') returning id",
+            uuid.uuid4(),
+        )
+    finally:
+        await conn.close()
+    body = json.dumps({"id": "pred-1", "status": "processing", "logs": "50%|"}).encode()
+    when = datetime.now(UTC)
+
+    def headers(secret: str, msg_id: str) -> dict[str, str]:
+        return {
+            "webhook-id": msg_id,
+            "webhook-timestamp": str(int(when.timestamp())),
+            "webhook-signature": Webhook(secret).sign(msg_id, when, body.decode()),
+            "Authorization": "",
+        }
+
+    async def deliver(secret: str, msg_id: str) -> tuple[int, Any]:
+        try:
+            response = await jp_fetch(
+                "imagen", "webhooks", "replicate", method="POST", body=body, headers=headers(secret, msg_id)
+            )
+        except HTTPClientError as exc:
+            assert exc.response is not None
+            response = exc.response
+        return response.code, json.loads(response.body)
+
+    forged = "whsec_" + base64.b64encode(b"not-the-secret-replicate-uses!!!").decode()
+    status, answer = await deliver(forged, "msg-1")
+    assert status == 401, answer
+    status, answer = await deliver(WEBHOOK_SECRET, "msg-2")
+    assert status == 200 and answer["status"] == "accepted", answer
+    status, answer = await deliver(WEBHOOK_SECRET, "msg-2")
+    assert status == 200 and answer["status"] == "duplicate"
+    conn = await asyncpg.connect(db_url)
+    try:
+        assert (
+            await conn.fetchval("select count(*) from imagen.job_events where job_id = $1 and kind = 'webhook'", job_id)
+            == 1
+        )
+    finally:
+        await conn.close()

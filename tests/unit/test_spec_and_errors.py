@@ -22,8 +22,8 @@ def test_valid_spec_stores_everything_but_the_prompt() -> None:
     ("data", "expected"),
     [
         ({"prompt": "   "}, "spec.prompt: prompt is blank"),
-        ({"prompt": "x", "size": "1024"}, "spec.size: size '1024' must look like 1024x1024"),
-        ({"prompt": "x", "aspect_ratio": "wide"}, "spec.aspect_ratio: aspect_ratio 'wide' must look like 16:9"),
+        ({"prompt": "x", "size": "1024"}, "spec.size: '1024' must look like 1024x1024"),
+        ({"prompt": "x", "aspect_ratio": "wide"}, "spec.aspect_ratio: 'wide' must look like 16:9"),
         (
             {"prompt": "x", "quality": "ultra"},
             "spec.quality: must be one of 'auto', 'low', 'medium', 'high', 'standard' or 'hd'",

@@ -9,7 +9,8 @@ import logging
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -19,12 +20,13 @@ import click
 
 from . import __version__
 from .config import Settings
-from .db import connect, resolve_database_url
+from .db import connect, create_pool, resolve_database_url
 from .errors import ImagenError
-from .jobs import cancel_job, get_job, list_jobs, local_owner_id, submit_job
+from .jobs import default_owner_id, list_jobs
 from .migrate import migrate as run_migrations
-from .queries import q
-from .spec import parse_spec
+from .queue import Worker, WorkerConfig
+from .scheduling import BATCH
+from .service import Service, ServiceConfig
 
 T = TypeVar("T")
 
@@ -56,7 +58,7 @@ def _setup_logging(level: str) -> None:
 
 def _owner(value: str | None) -> uuid.UUID:
     if value is None:
-        return local_owner_id()
+        return default_owner_id()
     try:
         return uuid.UUID(value)
     except ValueError:
@@ -222,16 +224,22 @@ def worker(
 
 def _spec_options(f: Callable[..., Any]) -> Callable[..., Any]:
     options = [
-        click.option("--provider", default="local", show_default=True),
-        click.option("--model", default="local-v1", show_default=True),
-        click.option("--owner", default=None, help="Owner UUID (default: this login's local owner id)."),
+        click.option("--provider", default=None, help="[env IMAGEN_DEFAULT_PROVIDER, local]"),
+        click.option("--model", default=None, help="[the provider's first model]"),
+        click.option("--owner", default=None, help="Owner UUID (default: this login's owner id)."),
         click.option("--size", default=None, help="WIDTHxHEIGHT, e.g. 1024x1024."),
         click.option("--aspect-ratio", default=None, help="e.g. 16:9."),
         click.option("--quality", default=None),
         click.option("--seed", type=int, default=None),
         click.option("--negative-prompt", default=None),
         click.option("--style", "style_modifiers", multiple=True, help="A style modifier (repeatable)."),
-        click.option("--priority", type=int, default=0, show_default=True, help="Lower runs first."),
+        click.option(
+            "--priority",
+            type=click.IntRange(0, 199),
+            default=None,
+            help="Lower runs first: 0-99 interactive, 100-199 batch [50; with --batch 150].",
+        ),
+        click.option("--batch", is_flag=True, help="Queue at batch priority (behind interactive work)."),
         click.option("--idempotency-key", default=None, help="A repeat with the same key returns the first job."),
         click.option("--option", "options", multiple=True, help="Provider option KEY=JSON (repeatable)."),
     ]
@@ -240,41 +248,40 @@ def _spec_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return f
 
 
-def _build_spec(prompt: str, **kw: Any) -> Any:
+def _job_body(prompt: str, kw: dict[str, Any]) -> tuple[uuid.UUID, str | None, dict[str, Any]]:
+    """(owner, idempotency key, the `POST jobs` body) from the command's options."""
+    owner = _owner(kw.pop("owner"))
+    key = kw.pop("idempotency_key")
+    if kw.pop("batch") and kw.get("priority") is None:
+        kw["priority"] = BATCH
     options: dict[str, Any] = {}
     for item in kw.pop("options"):
-        key, sep, raw = item.partition("=")
+        name, sep, raw = item.partition("=")
         if not sep:
             raise click.BadParameter(f"{item!r} must be KEY=VALUE", param_hint="--option")
         try:
-            options[key] = json.loads(raw)
+            options[name] = json.loads(raw)
         except json.JSONDecodeError:
-            options[key] = raw
-    data = {k: v for k, v in kw.items() if v not in (None, ())}
-    if "style_modifiers" in data:
-        data["style_modifiers"] = list(data["style_modifiers"])
+            options[name] = raw
+    body = {k: v for k, v in kw.items() if v not in (None, ())}
+    if "style_modifiers" in body:
+        body["style_modifiers"] = list(body["style_modifiers"])
     if options:
-        data["options"] = options
-    return parse_spec({"prompt": prompt, **data})
+        body["options"] = options
+    return owner, key, {"prompt": prompt, **body}
 
 
-async def _submit(database_url: str | None, prompt: str, kw: dict[str, Any]) -> tuple[str, uuid.UUID, uuid.UUID]:
-    provider, model = kw.pop("provider"), kw.pop("model")
-    owner = _owner(kw.pop("owner"))
-    priority, key = kw.pop("priority"), kw.pop("idempotency_key")
-    spec = _build_spec(prompt, **kw)
-    from .providers import ProviderRegistry
+@asynccontextmanager
+async def _service(database_url: str | None, settings: Settings) -> AsyncIterator[tuple[str, Service]]:
+    """The service layer on a small pool (the CLI is one more transport over it)."""
+    from .storage import storage_from_settings
 
-    ProviderRegistry().get(provider).check(spec, model)
-    url = resolve_database_url(database_url)
-    conn = await connect(url)
+    url = resolve_database_url(database_url, settings)
+    pool = await create_pool(url, min_size=1, max_size=2)
     try:
-        job_id = await submit_job(
-            conn, spec, owner_user_id=owner, provider=provider, model=model, priority=priority, idempotency_key=key
-        )
+        yield url, Service(pool, storage_from_settings(settings), config=ServiceConfig.from_env(sign_urls=False))
     finally:
-        await conn.close()
-    return url, job_id, owner
+        await pool.close()
 
 
 @main.command()
@@ -284,17 +291,14 @@ async def _submit(database_url: str | None, prompt: str, kw: dict[str, Any]) -> 
 @click.argument("prompt")
 def submit(database_url: str | None, prompt: str, as_json: bool, **kw: Any) -> None:
     """Queue a job and print its id."""
+    owner, key, body = _job_body(prompt, kw)
 
     async def go() -> None:
-        url, job_id, _ = await _submit(database_url, prompt, kw)
-        if as_json:
-            conn = await connect(url, migrate=False)
-            try:
-                click.echo(json.dumps(await get_job(conn, job_id)))
-            finally:
-                await conn.close()
-        else:
-            click.echo(str(job_id))
+        async with _service(database_url, Settings.from_env()) as (_, service):
+            job = await service.create_job(owner, body, idempotency_key=key)
+        click.echo(json.dumps(job) if as_json else job["id"])
+        if job["waiting_for_worker"] and not as_json:
+            click.echo(f"waiting: {job['waiting_for_worker']}", err=True)
 
     _run(go)
 
@@ -318,53 +322,56 @@ def generate(
     """Queue a job, wait for it with a progress line, and save the image."""
     from tqdm import tqdm
 
-    from .storage import storage_from_settings
+    from .service import EventFeed
 
+    owner, key, body = _job_body(prompt, kw)
     settings = Settings.from_env()
 
     async def go() -> None:
-        url, job_id, owner = await _submit(database_url, prompt, kw)
-        click.echo(f"job {job_id}", err=True)
-        storage = storage_from_settings(settings)
-        worker_task: asyncio.Task[None] | None = None
-        w = None
-        if local_worker:
-            from .pipeline import ImagePipeline
-            from .queue import Worker, WorkerConfig
+        async with _service(database_url, settings) as (url, service):
+            feed = EventFeed(url, service.pool)
+            await feed.start()
+            worker: Worker | None = None
+            worker_task: asyncio.Task[None] | None = None
+            bar = tqdm(total=100, desc="pending", unit="%", file=sys.stderr, leave=True)
+            try:
+                await feed.wait_listening()
+                events = await feed.subscribe(owner)
+                if local_worker:
+                    from .pipeline import ImagePipeline
+                    from .storage import storage_from_settings
 
-            w = Worker(url, ImagePipeline(storage), WorkerConfig(concurrency=2, scope="owner", owner_user_id=owner))
-            worker_task = asyncio.create_task(w.run())
-        conn = await connect(url, migrate=False)
-        events: asyncio.Queue[str] = asyncio.Queue()
-        await conn.add_listener("imagen_job_events", lambda *a: events.put_nowait(a[3]))
-        bar = tqdm(total=100, desc="pending", unit="%", file=sys.stderr, leave=True)
-        try:
-            deadline = time.monotonic() + timeout
-            while True:
-                job = await get_job(conn, job_id)
-                status = job["status"]
-                bar.set_description(status)
-                progress = await conn.fetchval(q("latest_progress"), job_id)
-                bar.n = 100 if status == "done" else int((progress or 0) * 100)
+                    worker = Worker(url, ImagePipeline(storage_from_settings(settings)),
+                                    WorkerConfig(concurrency=2, scope="owner", owner_user_id=owner))
+                    worker_task = asyncio.create_task(worker.run())
+                job = await service.create_job(owner, body, idempotency_key=key)
+                click.echo(f"job {job['id']}", err=True)
+                deadline = time.monotonic() + timeout
+                while job["status"] not in ("done", "failed", "cancelled"):
+                    bar.set_description(job["status"] if not job["waiting_for_worker"] else "waiting for a worker")
+                    bar.n = int((job["progress"] or 0) * 100)
+                    bar.refresh()
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise click.ClickException(
+                            f"job {job['id']} still {job['status']} after {timeout:g} s; "
+                            f"{job['waiting_for_worker'] or 'is a worker running (`imagen worker`)?'}"
+                        )
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(events.get(), min(remaining, 1.0))
+                    job = await service.get_job(owner, job["id"])
+                bar.set_description(job["status"])
+                bar.n = 100 if job["status"] == "done" else bar.n
                 bar.refresh()
-                if status in ("done", "failed", "cancelled"):
-                    break
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise click.ClickException(
-                        f"job {job_id} still {status} after {timeout:g} s; is a worker running (`imagen worker`)?"
-                    )
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(events.get(), min(remaining, 1.0))
-        finally:
-            bar.close()
-            await conn.close()
-            if w is not None and worker_task is not None:
-                w.stop()
-                await worker_task
-        if status != "done":
-            raise click.ClickException(f"job {job_id} {status}: {job['error']}")
-        data = await storage.get(job["image_path"])
+            finally:
+                bar.close()
+                await feed.stop()
+                if worker is not None and worker_task is not None:
+                    worker.stop()
+                    await worker_task
+            if job["status"] != "done":
+                raise click.ClickException(f"job {job['id']} {job['status']}: {job['error']}")
+            _, data = await service.image_content(owner, job["image_id"])
         await asyncio.to_thread(output.write_bytes, data)
         click.echo(str(output))
 
@@ -482,17 +489,16 @@ def jobs(
 
 @main.command()
 @database_url_option
+@click.option("--owner", default=None, help="The job's owner UUID (default: this login's owner id).")
 @click.argument("job_id", type=click.UUID)
-def cancel(database_url: str | None, job_id: uuid.UUID) -> None:
+def cancel(database_url: str | None, owner: str | None, job_id: uuid.UUID) -> None:
     """Cancel a job: at once if pending; a running job's worker aborts it."""
+    owner_id = _owner(owner)
 
     async def go() -> None:
-        conn = await connect(database_url)
-        try:
-            status = await cancel_job(conn, job_id)
-        finally:
-            await conn.close()
-        click.echo(f"{job_id} {status}")
+        async with _service(database_url, Settings.from_env()) as (_, service):
+            job = await service.cancel_job(owner_id, job_id)
+        click.echo(f"{job_id} {job['status']}")
 
     _run(go)
 

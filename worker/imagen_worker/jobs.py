@@ -128,16 +128,6 @@ async def list_jobs(
     return [_plain(r) for r in await conn.fetch(q("list_jobs"), status, owner_user_id, limit)]
 
 
-async def cancel_job(conn: asyncpg.Connection | asyncpg.Pool, job_id: uuid.UUID) -> str:
-    """Cancel a job: at once when pending, cooperatively when running. Returns its status after."""
-    try:
-        status = await conn.fetchval(q("cancel_job"), job_id)
-    except asyncpg.NoDataFoundError:
-        raise JobNotFound(f"job {job_id} not found") from None
-    assert isinstance(status, str)
-    return status
-
-
 def _plain(row: asyncpg.Record) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in row.items():

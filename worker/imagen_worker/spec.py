@@ -61,14 +61,14 @@ class ImagePromptSpec(BaseModel):
             return value
         match = _SIZE.match(value)
         if not match:
-            raise ValueError(f"size {value!r} must look like 1024x1024 (width x height in pixels)")
+            raise ValueError(f"{value!r} must look like 1024x1024 (width x height in pixels)")
         return value
 
     @field_validator("aspect_ratio")
     @classmethod
     def _ratio_format(cls, value: str | None) -> str | None:
         if value is not None and not _RATIO.match(value):
-            raise ValueError(f"aspect_ratio {value!r} must look like 16:9")
+            raise ValueError(f"{value!r} must look like 16:9")
         return value
 
     @property

@@ -1,5 +1,12 @@
-"""Google image models through `google-genai`: Imagen on Vertex AI (`generate_images`) and Gemini image
-output (`generate_content`, Gemini API key or Vertex AI), every SDK error classified."""
+"""Google image models through `google-genai`'s `generate_content`: Imagen on Vertex AI and Gemini image
+output (Gemini API key or Vertex AI), every SDK error classified.
+
+Imagen goes through `generate_content` too, the call google-genai recommends since it deprecated
+`generate_images` (removal not before 2027-01-01): the prompt as the one user part, IMAGE as the only
+response modality, the aspect ratio, size, person generation and PNG output in `imageConfig`, the seed
+in `generationConfig.seed`. That call has no negative prompt, and no switch for Imagen's SynthID
+watermark; a negative prompt for an Imagen model is refused, naming the field.
+"""
 
 from __future__ import annotations
 
@@ -42,12 +49,11 @@ GEMINI_SIZES = {
 }
 
 
-def _imagen(price: str, *, negative_prompt: bool = False) -> Capabilities:
+def _imagen(price: str) -> Capabilities:
     return Capabilities(
         sizes=tuple(IMAGEN_SIZES),
         aspect_ratios=tuple(IMAGEN_SIZES.values()),
         seed=True,
-        negative_prompt=negative_prompt,
         max_side=2816,
         price_usd=Decimal(price),
     )
@@ -64,9 +70,10 @@ def _gemini(price: str) -> Capabilities:
     )
 
 
-# spec.options per model family, with the values allowed. Gemini's person_generation is sent by the SDK
-# only on Vertex AI (in Gemini API mode it raises), so check() refuses it there before any call.
-IMAGEN_OPTIONS: dict[str, tuple[str, ...]] = {"person_generation": ("dont_allow", "allow_adult", "allow_all")}
+# spec.options per model family, with the values allowed: both go to generate_content's imageConfig, whose
+# personGeneration takes ALLOW_NONE, ALLOW_ADULT or ALLOW_ALL. The SDK sends person_generation only on
+# Vertex AI (in Gemini API mode it raises), so check() refuses it for Gemini there before any call.
+IMAGEN_OPTIONS: dict[str, tuple[str, ...]] = {"person_generation": ("allow_none", "allow_adult", "allow_all")}
 IMAGEN_4_OPTIONS: dict[str, tuple[str, ...]] = {**IMAGEN_OPTIONS, "image_size": ("1K", "2K")}
 GEMINI_OPTIONS: dict[str, tuple[str, ...]] = {"person_generation": ("allow_none", "allow_adult", "allow_all")}
 
@@ -96,9 +103,7 @@ class GoogleProvider(Provider):
 
     name = "google"
     models: ClassVar[dict[str, Capabilities]] = {
-        # Vertex AI documents negativePrompt as unsupported from imagen-3.0-generate-002 on; the pipeline
-        # folds the negative prompt into the prompt for those.
-        "imagen-3.0-generate-001": _imagen("0.04", negative_prompt=True),
+        "imagen-3.0-generate-001": _imagen("0.04"),
         "imagen-3.0-generate-002": _imagen("0.03"),
         "imagen-3.0-fast-generate-001": _imagen("0.02"),
         "imagen-4.0-generate-001": _imagen("0.04"),
@@ -158,6 +163,11 @@ class GoogleProvider(Provider):
                     f"spec.options.person_generation: {where} takes it only on Vertex AI, and this worker reaches "
                     "Gemini with GOOGLE_API_KEY; leave it unset"
                 )
+        if spec.negative_prompt and not _is_gemini(model):
+            problems.append(
+                f"spec.negative_prompt: {where} takes no negative prompt through generate_content, the call "
+                "google-genai recommends for Imagen; leave it unset and describe in the prompt what the image shows"
+            )
         if problems:
             raise SpecError("; ".join(problems))
 
@@ -185,38 +195,22 @@ class GoogleProvider(Provider):
 
     async def _imagen(self, request: GenerationRequest, ctx: JobContext) -> ProviderResult:
         spec, model = request.spec, request.model
-        caps = self.capabilities(model)
-        config = types.GenerateImagesConfig(
-            number_of_images=1,
-            aspect_ratio=_aspect_ratio(request, IMAGEN_SIZES),
-            include_rai_reason=True,
-            output_mime_type="image/png",
+        image_config = types.ImageConfig(
+            aspect_ratio=_aspect_ratio(request, IMAGEN_SIZES), output_mime_type="image/png"
         )
-        if spec.negative_prompt and caps.negative_prompt:
-            config.negative_prompt = spec.negative_prompt
-        if spec.seed is not None:
-            # Imagen honours a seed only without the SynthID watermark.
-            config.seed = spec.seed
-            config.add_watermark = False
         if "person_generation" in spec.options:
-            config.person_generation = types.PersonGeneration(str(spec.options["person_generation"]).upper())
+            image_config.person_generation = str(spec.options["person_generation"]).upper()
         if "image_size" in spec.options:
-            config.image_size = str(spec.options["image_size"])
+            image_config.image_size = str(spec.options["image_size"])
+        config = types.GenerateContentConfig(
+            response_modalities=["IMAGE"], candidate_count=1, image_config=image_config, seed=spec.seed
+        )
         client = self._client("vertex", model)
+        contents = [types.Content(role="user", parts=[types.Part.from_text(text=request.prompt)])]
         response = await self._sdk(
-            model, client.aio.models.generate_images(model=model, prompt=request.prompt, config=config)
+            model, client.aio.models.generate_content(model=model, contents=contents, config=config)
         )
-        generated = response.generated_images or []
-        for item in generated:
-            if item.image is not None and item.image.image_bytes:
-                if item.enhanced_prompt:
-                    await ctx.event("log", {"enhanced_prompt": item.enhanced_prompt[:4000]})
-                return ProviderResult(GeneratedImage(item.image.image_bytes, seed=spec.seed), usage={"images": 1})
-        reason = next((g.rai_filtered_reason for g in generated if g.rai_filtered_reason), None)
-        raise ProviderRejected(
-            f"{self.name}/{model} returned no image: "
-            + (reason or "it was filtered by Google's Responsible AI safety filters; change the prompt")
-        )
+        return await self._answer(response, model, spec, ctx)
 
     async def _gemini(self, request: GenerationRequest, ctx: JobContext) -> ProviderResult:
         spec, model = request.spec, request.model
@@ -247,7 +241,13 @@ class GoogleProvider(Provider):
         response = await self._sdk(
             model, client.aio.models.generate_content(model=model, contents=contents, config=config)
         )
-        usage = _gemini_usage(response.usage_metadata)
+        return await self._answer(response, model, spec, ctx)
+
+    async def _answer(
+        self, response: types.GenerateContentResponse, model: str, spec: ImagePromptSpec, ctx: JobContext
+    ) -> ProviderResult:
+        """The image of a generate_content answer, or the job error that says why there is none."""
+        usage = _usage(response.usage_metadata)
         feedback = response.prompt_feedback
         if feedback is not None and feedback.block_reason is not None:
             why = f": {feedback.block_reason_message}" if feedback.block_reason_message else ""
@@ -401,7 +401,7 @@ def _enum(value: Any) -> str:
     return str(getattr(value, "value", value))
 
 
-def _gemini_usage(meta: types.GenerateContentResponseUsageMetadata | None) -> dict[str, Any]:
+def _usage(meta: types.GenerateContentResponseUsageMetadata | None) -> dict[str, Any]:
     usage: dict[str, Any] = {"images": 1}
     if meta is not None:
         usage.update(

@@ -16,7 +16,7 @@ import json
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -38,7 +38,8 @@ from ..errors import (
 from ..migrate import pending_migrations
 from ..providers import ProviderRegistry
 from ..queries import queries
-from ..spec import parse_spec
+from ..scheduling import INTERACTIVE
+from ..spec import ImagePromptSpec, parse_spec
 from ..storage import Storage
 from .models import CanvasSave, ImageVariant, JobCreate, parse_body, query_int, query_status, query_str, query_uuid
 from .shapes import canvas_json, event_json, image_json, job_json, worker_json
@@ -132,22 +133,10 @@ class Service:
         body: bytes | str | Mapping[str, Any] | None,
         *,
         idempotency_key: str | None = None,
-        default_priority: int = 0,
+        default_priority: int = INTERACTIVE,
     ) -> dict[str, Any]:
         """Validate and queue one job (docs/api.md, `POST jobs`); an idempotent repeat returns the first."""
-        req: JobCreate = parse_body(body, JobCreate)
-        provider_name = req.provider or self.config.default_provider
-        try:
-            provider = self.providers.get(provider_name)
-        except SpecError as exc:
-            raise InvalidField(str(exc), field="provider") from None
-        model = req.model or provider.default_model
-        try:
-            provider.capabilities(model)
-            spec = parse_spec(req.spec_data())
-            provider.check(spec, model)
-        except SpecError as exc:
-            raise _field_error(exc) from None
+        req, provider_name, model, spec = self._validate_job(body)
         if idempotency_key is not None and not 1 <= len(idempotency_key) <= 200:
             raise InvalidField(
                 "Idempotency-Key: must be 1 to 200 characters (a UUID per request is usual)", field="Idempotency-Key"
@@ -207,6 +196,90 @@ class Service:
             elif job["status"] == "pending":
                 waiting = await self._waiting_reason(conn, owner, job["provider"])
         return job_json(job, waiting_for_worker=waiting)
+
+    def _validate_job(self, body: bytes | str | Mapping[str, Any] | None) -> tuple[JobCreate, str, str, ImagePromptSpec]:
+        """A job body checked against the spec and the provider's model: (body, provider, model, spec)."""
+        req: JobCreate = parse_body(body, JobCreate)
+        provider_name = req.provider or self.config.default_provider
+        try:
+            provider = self.providers.get(provider_name)
+        except SpecError as exc:
+            raise InvalidField(str(exc), field="provider") from None
+        model = req.model or provider.default_model
+        try:
+            provider.capabilities(model)
+            spec = parse_spec(req.spec_data())
+            provider.check(spec, model)
+        except SpecError as exc:
+            raise _field_error(exc) from None
+        return req, provider_name, model, spec
+
+    async def create_jobs(
+        self, owner: uuid.UUID, bodies: Sequence[Mapping[str, Any]], *, default_priority: int = INTERACTIVE
+    ) -> list[dict[str, Any]]:
+        """Queue many jobs in one statement (a sweep): all of them, or none when they would take the
+        owner past the pending cap. A bad body is refused naming its index and field."""
+        rows = []
+        for i, body in enumerate(bodies):
+            try:
+                req, provider_name, model, spec = self._validate_job(body)
+            except InvalidField as exc:
+                raise InvalidField(f"[{i}].{exc}", field=f"[{i}].{exc.field}" if exc.field else f"[{i}]") from None
+            if spec.previous_image_id is not None:
+                raise InvalidField(
+                    f"[{i}].previous_image_id: a batch cannot refine; queue refinements one by one",
+                    field=f"[{i}].previous_image_id",
+                )
+            rows.append(
+                {
+                    "id": str(uuid.uuid4()),
+                    "provider": provider_name,
+                    "model": model,
+                    "prompt": spec.prompt,
+                    "spec": spec.stored_spec(),
+                    "priority": req.priority if req.priority is not None else default_priority,
+                    "max_attempts": req.max_attempts,
+                    "canvas_id": str(req.canvas_id) if req.canvas_id else None,
+                    "node_id": req.node_id,
+                    "group_id": str(req.group_id) if req.group_id else None,
+                }
+            )
+        if not rows:
+            return []
+        async with as_owner(self.pool, owner) as conn:
+            try:
+                row = await conn.fetchrow(
+                    q("create_jobs"), owner, rows, self.config.max_pending, self.config.worker_stale_seconds
+                )
+            except asyncpg.ForeignKeyViolationError:
+                raise InvalidField("canvas_id: a job names a canvas that is not among yours", field="canvas_id") from None
+            except asyncpg.CheckViolationError as exc:
+                raise _check_error(exc) from None
+            assert row is not None
+            if row["jobs"] is None:
+                raise TooManyPending(
+                    f"{len(rows)} more jobs would take you past {self.config.max_pending} pending "
+                    f"(you have {row['pending']}); wait for some to finish and retry",
+                    retry_after=self.config.pending_retry_after,
+                )
+            by_id = {j["id"]: j for j in row["jobs"]}
+            jobs: list[dict[str, Any]] = [by_id[r["id"]] for r in rows]  # in the order asked
+            live = set(row["live_providers"])
+            waiting: dict[str, str | None] = {}
+            for provider in {j["provider"] for j in jobs if j["provider"] not in live}:
+                reason = await self._waiting_reason(conn, owner, provider, fresh=True)
+                waiting[provider] = reason
+                if reason is not None:
+                    ids = [uuid.UUID(j["id"]) for j in jobs if j["provider"] == provider]
+                    await conn.execute(q("report_waiting_many"), ids, reason)
+        return [job_json(j, waiting_for_worker=waiting.get(j["provider"])) for j in jobs]
+
+    async def cancel_jobs(self, owner: uuid.UUID, job_ids: Sequence[uuid.UUID | str]) -> list[str]:
+        """Cancel those of the owner's jobs that are still pending or running; the ids cancelled."""
+        ids = [_uuid(j, "job_id") for j in job_ids]
+        async with as_owner(self.pool, owner) as conn:
+            rows = await conn.fetch(q("cancel_jobs"), ids)
+        return [str(r["id"]) for r in rows]
 
     async def list_jobs(self, owner: uuid.UUID, query: Mapping[str, str] | None = None) -> dict[str, Any]:
         """One page of the owner's jobs, newest first: `{jobs, next_cursor}`."""

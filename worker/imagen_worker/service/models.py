@@ -43,7 +43,8 @@ class JobCreate(BaseModel):
     canvas_id: uuid.UUID | None = None
     node_id: str | None = Field(default=None, min_length=1, max_length=200)
     group_id: uuid.UUID | None = None
-    priority: int | None = Field(default=None, ge=-32768, le=32767)
+    # 0–99 interactive, 100–199 batch (imagen_worker.scheduling); unset: the transport's default.
+    priority: int | None = Field(default=None, ge=0, le=199)
     max_attempts: int = Field(default=3, ge=1, le=10)
 
     def spec_data(self) -> dict[str, Any]:

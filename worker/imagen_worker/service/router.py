@@ -18,6 +18,7 @@ import asyncpg
 
 from ..errors import ImagenError, NotFound, RequestError, ServiceUnavailable, StorageError
 from ..redact import caller_message
+from ..scheduling import INTERACTIVE
 from .core import Service
 from .models import query_variant
 
@@ -84,7 +85,7 @@ class Router:
         service: Service,
         *,
         health_extra: Callable[[], Awaitable[dict[str, Any]]] | None = None,
-        default_priority: int = 0,
+        default_priority: int = INTERACTIVE,
     ) -> None:
         self.service = service
         self.health_extra = health_extra

@@ -241,10 +241,3 @@ select imagen.cancel_job($1)
 
 -- name: owned_image
 select bucket, path, content_type from imagen.images where id = $1 and owner_user_id = $2
-
--- name: latest_progress
-select (payload ->> 'progress')::float8
-  from imagen.job_events
- where job_id = $1 and kind = 'progress'
- order by id desc
- limit 1

@@ -203,3 +203,48 @@ select pg_current_snapshot()::text as snapshot,
 
 -- name: current_snapshot
 select pg_current_snapshot()::text
+
+-- name: create_jobs
+-- Queue many jobs at once unless they would take the owner past the pending cap (then none).
+-- $1 owner, $2 jsonb array of job rows (id, provider, model, prompt, spec, priority, max_attempts,
+-- canvas_id, node_id, group_id), $3 the pending cap, $4 the live-worker staleness.
+-- Returns one row: `jobs` (the new rows; null when capped), `pending`,
+-- `live_providers` (the providers some live worker can run for this owner).
+with pending as (
+  select count(*) as n
+    from (select 1 from imagen.jobs p
+           where p.owner_user_id = $1 and p.status = 'pending'
+           limit $3) p
+),
+wanted as (
+  select r.id, r.provider, r.model, r.prompt, r.spec, r.priority, r.max_attempts, r.canvas_id, r.node_id, r.group_id
+    from jsonb_to_recordset($2::jsonb)
+         as r(id uuid, provider text, model text, prompt text, spec jsonb, priority smallint, max_attempts integer,
+              canvas_id uuid, node_id text, group_id uuid)
+),
+ins as (
+  insert into imagen.jobs (id, owner_user_id, provider, model, prompt, spec, priority, max_attempts,
+                           canvas_id, node_id, group_id)
+  select w.id, $1, w.provider, w.model, w.prompt, w.spec, w.priority, w.max_attempts, w.canvas_id, w.node_id,
+         w.group_id
+    from wanted w
+   where (select n from pending) + (select count(*) from wanted) <= $3
+  returning *
+)
+select (select jsonb_agg(to_jsonb(i)) from ins i) as jobs,
+       (select n from pending) as pending,
+       (select coalesce(array_agg(distinct p), '{}')
+          from imagen.workers w, unnest(w.providers) p
+         where w.last_seen_at >= now() - make_interval(secs => $4)
+           and (w.scope = 'all' or w.owner_user_id = $1)) as live_providers
+
+-- name: report_waiting_many
+select imagen.report_waiting(id, $2) from unnest($1::uuid[]) as id
+
+-- name: cancel_jobs
+-- Cancel the owner's jobs among $1 that are still pending or running; the ids cancelled.
+select j.id
+  from imagen.jobs j
+ where j.id = any($1::uuid[])
+   and j.status in ('pending', 'running')
+   and imagen.cancel_job(j.id) = 'cancelled'

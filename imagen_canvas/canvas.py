@@ -1,0 +1,488 @@
+"""The canvas widget: an anywidget whose view (React Flow, built from js/) holds prompt and image nodes.
+
+The view talks to the server extension directly where the page has it, and otherwise to this
+object through widget custom messages (the kernel transport, docs/api.md): requests are run by the
+same route table as the REST API, on the kernel's runtime, and the owner's events are forwarded.
+Nodes, edges and images never travel as widget state; Python reads and edits the canvas through the
+service (`canvas.nodes`, `canvas.add_image(...)`), and every view reloads on the save's event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import io
+import logging
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anywidget
+import traitlets
+
+from imagen_worker.errors import InvalidField, NotFound, VersionConflict
+from imagen_worker.service import Request, StreamClosed
+from imagen_worker.service.cursor import Cursor
+
+from .runtime import Runtime, runtime
+
+log = logging.getLogger("imagen.canvas")
+
+STATIC = Path(__file__).parent / "static"
+BUNDLE = STATIC / "canvas.js"
+STYLES = STATIC / "canvas.css"
+# Shown instead of a blank box when the package was installed without its front-end bundle.
+MISSING_BUNDLE_ESM = """
+export default {
+  render({ el }) {
+    const box = document.createElement("div");
+    box.setAttribute("data-testid", "imagen-canvas");
+    box.style.cssText = "padding:16px;border:1px solid var(--jp-border-color1,#ccc);border-radius:6px;" +
+      "font-family:var(--jp-ui-font-family,sans-serif);color:var(--jp-ui-font-color1,#333)";
+    box.textContent = "The imagen canvas bundle is not built: reinstall imagen-canvas from a source " +
+      "checkout with Node.js available (pip install -e .), or run `npm ci && npm run build` in js/.";
+    el.appendChild(box);
+  },
+};
+"""
+TERMINAL = ("done", "failed", "cancelled")
+_PENDING_LIMIT = 200
+
+
+class _OpenSaved:
+    """`Canvas.open(canvas_id)` opens a saved canvas; on an instance, `open()` stays ipywidgets' own
+    (it opens the widget's comm, and ipywidgets calls it from `__init__`)."""
+
+    def __get__(self, obj: Any, owner: type[Canvas]) -> Callable[..., Any]:
+        if obj is None:
+            return functools.partial(_open_saved, owner)
+        return functools.partial(anywidget.AnyWidget.open, obj)
+
+
+def _open_saved(cls: type[Canvas], canvas_id: str | uuid.UUID, height: int = 600) -> Canvas:
+    """The saved canvas with this id (NotFound if there is none)."""
+    rt = runtime()
+    rt.call(lambda: _get_canvas(rt, str(canvas_id)))
+    return cls(canvas_id, height=height)
+
+
+class Canvas(anywidget.AnyWidget):
+    """`Canvas(canvas_id=None, name=None)`: a new canvas, or the saved one with that id."""
+
+    _esm = BUNDLE if BUNDLE.is_file() else MISSING_BUNDLE_ESM
+    _css = STYLES if STYLES.is_file() else ""
+
+    canvas_id = traitlets.Unicode("").tag(sync=True)
+    height = traitlets.Int(600).tag(sync=True)
+    transport = traitlets.Unicode("").tag(sync=True)
+    status = traitlets.Unicode("").tag(sync=True)
+
+    def __init__(self, canvas_id: str | uuid.UUID | None = None, name: str | None = None, height: int = 600) -> None:
+        self._rt: Runtime = runtime()
+        self._views_ready = False
+        self._outbox: list[tuple[dict[str, Any], list[bytes]]] = []
+        self._forwarding: Any = None
+        self._callbacks: list[Callable[[dict[str, Any]], None]] = []
+        try:
+            self._main_loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            self._main_loop = None
+        cid = str(canvas_id or uuid.uuid4())
+        self._rt.call(lambda: self._ensure_exists(cid, name))
+        super().__init__(canvas_id=cid, height=height)
+        self.on_msg(self._on_custom_message)
+
+    open = _OpenSaved()
+
+    async def _ensure_exists(self, canvas_id: str, name: str | None) -> None:
+        service = self._rt.service
+        assert service is not None
+        try:
+            await service.get_canvas(self._rt.owner, canvas_id)
+        except NotFound:
+            with contextlib.suppress(VersionConflict):
+                await service.save_canvas(
+                    self._rt.owner, canvas_id, {"version": 0, "name": name, "nodes": [], "edges": []}
+                )
+
+    # -- reading and editing from Python -------------------------------------------------------
+
+    @property
+    def nodes(self) -> list[dict[str, Any]]:
+        """The canvas's nodes as saved now (browser edits included once the view has saved them)."""
+        return list(self._rt.call(lambda: _get_canvas(self._rt, self.canvas_id))["nodes"])
+
+    @property
+    def edges(self) -> list[dict[str, Any]]:
+        return list(self._rt.call(lambda: _get_canvas(self._rt, self.canvas_id))["edges"])
+
+    @property
+    def name(self) -> str:
+        return str(self._rt.call(lambda: _get_canvas(self._rt, self.canvas_id))["name"])
+
+    def add_prompt(
+        self, text: str, *, style_modifiers: list[str] | None = None, x: float | None = None, y: float | None = None
+    ) -> str:
+        """Add a prompt node; returns its id."""
+        data = {"text": text, "style_modifiers": list(style_modifiers or [])}
+        return self._add_node("prompt", data, x, y)
+
+    def add_image(
+        self,
+        prompt: str = "",
+        *,
+        provider: str | None = None,
+        model: str | None = None,
+        x: float | None = None,
+        y: float | None = None,
+        variants: int = 1,
+        **spec: Any,
+    ) -> str:
+        """Add an image node (its own prompt, provider, model, and spec fields such as size, seed,
+        quality, negative_prompt); returns its id."""
+        if not 1 <= variants <= 4:
+            raise InvalidField("variants: must be 1 to 4", field="variants")
+        unknown = set(spec) - {"size", "aspect_ratio", "quality", "seed", "negative_prompt"}
+        if unknown:
+            name = sorted(unknown)[0]
+            raise InvalidField(
+                f"{name}: is not an image node field; use size, aspect_ratio, quality, seed, negative_prompt",
+                field=name,
+            )
+        data: dict[str, Any] = {
+            "prompt": prompt,
+            "provider": provider,
+            "model": model,
+            "variants": variants,
+            "seed_locked": spec.get("seed") is not None,
+            "current_job_id": None,
+            **spec,
+        }
+        return self._add_node("image", data, x, y)
+
+    def connect(self, source: str, target: str) -> str:
+        """Join two nodes: prompt → image gives the image its prompt; image → image refines from the
+        source's current image. Returns the edge's id."""
+        edge_id = f"e-{source}-{target}"
+
+        def change(canvas: dict[str, Any]) -> None:
+            ids = {n["id"] for n in canvas["nodes"]}
+            for end, node_id in (("source", source), ("target", target)):
+                if node_id not in ids:
+                    raise InvalidField(f"{end}: no node {node_id!r} on this canvas", field=end)
+            if not any(e["id"] == edge_id for e in canvas["edges"]):
+                canvas["edges"].append(
+                    {"id": edge_id, "source": source, "target": target, "source_handle": None, "target_handle": None}
+                )
+
+        self._change(change)
+        return edge_id
+
+    def _add_node(self, kind: str, data: dict[str, Any], x: float | None, y: float | None) -> str:
+        node_id = f"{kind[0]}{uuid.uuid4().hex[:8]}"
+
+        def change(canvas: dict[str, Any]) -> None:
+            nodes = canvas["nodes"]
+            px = x if x is not None else (max((n["position_x"] for n in nodes), default=-320.0) + 320.0)
+            py = y if y is not None else 0.0
+            nodes.append(
+                {
+                    "id": node_id,
+                    "type": kind,
+                    "position_x": px,
+                    "position_y": py,
+                    "data": {k: v for k, v in data.items() if v is not None or k == "current_job_id"},
+                }
+            )
+
+        self._change(change)
+        return node_id
+
+    def _change(self, change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+        return self._rt.call(lambda: self._amend(change))
+
+    async def _amend(self, change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+        """Load, change and save the canvas; a concurrent save (another view's) is merged by retrying."""
+        service = self._rt.service
+        assert service is not None
+        for _ in range(10):
+            canvas = await service.get_canvas(self._rt.owner, self.canvas_id)
+            change(canvas)
+            body = {"version": canvas["version"], "nodes": canvas["nodes"], "edges": canvas["edges"]}
+            try:
+                return (await service.save_canvas(self._rt.owner, self.canvas_id, body))[1]
+            except VersionConflict:
+                continue
+        raise VersionConflict("version: the canvas kept changing while saving; try again", field="version")
+
+    # -- generating ----------------------------------------------------------------------------
+
+    def generate(self, node: str | None = None) -> list[dict[str, Any]]:
+        """Queue the image node `node` (every image node when None) as the view's Generate does: one
+        job per variant, its prompt from a connected prompt node, refining from a connected image
+        node's current image. Returns the jobs."""
+        return self._rt.call(lambda: self._generate(node))
+
+    async def _generate(self, node: str | None) -> list[dict[str, Any]]:
+        rt = self._rt
+        service = rt.service
+        assert service is not None
+        canvas = await service.get_canvas(rt.owner, self.canvas_id)
+        targets = [n["id"] for n in canvas["nodes"] if n["type"] == "image" and (node is None or n["id"] == node)]
+        if node is not None and not targets:
+            raise InvalidField(f"node: no image node {node!r} on this canvas", field="node")
+        jobs: list[dict[str, Any]] = []
+        current: dict[str, str] = {}
+        for node_id in targets:
+            bodies = await node_job_bodies(rt, canvas, node_id)
+            made = [await service.create_job(rt.owner, body) for body in bodies]
+            await rt.ensure_worker(made[0]["provider"] if made else None)
+            jobs += made
+            current[node_id] = made[0]["id"]
+
+        def point(c: dict[str, Any]) -> None:
+            for n in c["nodes"]:
+                if n["id"] in current:
+                    n["data"]["current_job_id"] = current[n["id"]]
+
+        await self._amend(point)
+        return jobs
+
+    def on_complete(self, callback: Callable[[dict[str, Any]], None]) -> None:
+        """Call `callback(job)` whenever a job of this canvas finishes (done, failed or cancelled)."""
+        self._callbacks.append(callback)
+        self._start_forwarding()
+
+    def images(self, node: str) -> list[Any]:
+        """The PIL images of the node's current generation (its variants), done ones only."""
+        from PIL import Image
+
+        async def go() -> list[bytes]:
+            service = self._rt.service
+            assert service is not None
+            canvas = await service.get_canvas(self._rt.owner, self.canvas_id)
+            found = [n for n in canvas["nodes"] if n["id"] == node]
+            if not found:
+                raise InvalidField(f"node: no node {node!r} on this canvas", field="node")
+            job_id = found[0]["data"].get("current_job_id")
+            if not job_id:
+                return []
+            job = await service.get_job(self._rt.owner, job_id)
+            query = {"canvas_id": self.canvas_id, "node_id": node, "status": "done", "limit": "4"}
+            if job.get("group_id"):
+                query["group_id"] = job["group_id"]
+            page = await service.list_jobs(self._rt.owner, query)
+            out = []
+            for j in reversed(page["jobs"]):
+                _, data = await service.image_content(self._rt.owner, j["image_id"])
+                out.append(data)
+            return out
+
+        result = []
+        for data in self._rt.call(go):
+            with Image.open(io.BytesIO(data)) as img:
+                img.load()
+                result.append(img.copy())
+        return result
+
+    # -- the kernel transport ------------------------------------------------------------------
+
+    def _on_custom_message(self, _widget: Any, content: dict[str, Any], buffers: list[bytes]) -> None:
+        kind = content.get("type")
+        if kind == "ready":
+            self._views_ready = True
+            outbox, self._outbox = self._outbox, []
+            for message, bufs in outbox:
+                self.send(message, bufs)
+            self._start_forwarding()
+        elif kind == "request":
+            future = self._rt.submit(lambda: self._handle_request(content))
+            future.add_done_callback(lambda f: self._post(*_result_or_error(f, content)))
+
+    async def _handle_request(self, content: dict[str, Any]) -> tuple[dict[str, Any], list[bytes]]:
+        rt = self._rt
+        assert rt.router is not None
+        method = str(content.get("method") or "GET").upper()
+        path = str(content.get("path") or "")
+        body = content.get("body")
+        if method == "POST" and path.strip("/") == "jobs" and isinstance(body, dict):
+            await rt.ensure_worker(body.get("provider"))
+        request = Request(
+            method=method,
+            path=path,
+            query=dict(content.get("query") or {}),
+            body=body if method in ("POST", "PUT") else None,
+            headers=dict(content.get("headers") or {}),
+        )
+        response = await rt.router.dispatch(rt.owner, request)
+        reply: dict[str, Any] = {
+            "type": "response",
+            "id": content.get("id"),
+            "view_id": content.get("view_id"),
+            "status": response.status,
+        }
+        if response.content is not None:
+            reply["body"] = {"content_type": response.content_type}
+            return reply, [response.content]
+        reply["body"] = response.body
+        return reply, []
+
+    def _post(self, message: dict[str, Any], buffers: list[bytes] | None = None) -> None:
+        """Send to the views from any thread (widget messages go out on the kernel's own loop)."""
+        bufs = buffers or []
+
+        def send() -> None:
+            if not self._views_ready and message.get("type") != "response":
+                if len(self._outbox) < _PENDING_LIMIT:
+                    self._outbox.append((message, bufs))
+                return
+            self.send(message, bufs)
+
+        if self._main_loop is not None and not self._main_loop.is_closed():
+            self._main_loop.call_soon_threadsafe(send)
+        else:
+            send()
+
+    def _start_forwarding(self) -> None:
+        if self._forwarding is None:
+            self._forwarding = self._rt.submit(self._forward_events)
+
+    async def _forward_events(self) -> None:
+        """Pass this canvas's events (and the owner's worker changes) to the views; call on_complete."""
+        rt = self._rt
+        assert rt.feed is not None
+        rt.notices.append(lambda text: self._post({"type": "event", "event": {"kind": "notice", "message": text}}))
+        since: Cursor | None = None
+        while True:
+            sub = await rt.feed.subscribe(rt.owner, since)
+            try:
+                while True:
+                    message = await sub.get()
+                    if message.get("cursor"):
+                        since = Cursor.decode(message["cursor"])
+                    kind = message.get("kind")
+                    if kind in ("state", "progress", "waiting") and message.get("canvas_id") != self.canvas_id:
+                        continue
+                    if kind == "canvas" and message.get("canvas_id") != self.canvas_id:
+                        continue
+                    self._post({"type": "event", "event": dict(message)})
+                    if kind == "state" and message.get("status") in TERMINAL and self._callbacks:
+                        await self._complete(message["job_id"])
+            except StreamClosed:
+                continue  # fell behind: subscribe again from the last cursor
+            finally:
+                rt.feed.unsubscribe(sub)
+
+    async def _complete(self, job_id: str) -> None:
+        service = self._rt.service
+        assert service is not None
+        job = await service.get_job(self._rt.owner, job_id)
+        for callback in list(self._callbacks):
+            self._call_in_main(callback, job)
+
+    def _call_in_main(self, callback: Callable[[dict[str, Any]], None], job: dict[str, Any]) -> None:
+        def run() -> None:
+            try:
+                callback(job)
+            except Exception:
+                log.exception("an on_complete callback raised")
+
+        if self._main_loop is not None and not self._main_loop.is_closed():
+            self._main_loop.call_soon_threadsafe(run)
+        else:
+            run()
+
+    def close(self) -> None:
+        if self._forwarding is not None:
+            self._forwarding.cancel()
+            self._forwarding = None
+        super().close()
+
+
+async def _get_canvas(rt: Runtime, canvas_id: str) -> dict[str, Any]:
+    assert rt.service is not None
+    return await rt.service.get_canvas(rt.owner, canvas_id)
+
+
+async def node_job_bodies(rt: Runtime, canvas: dict[str, Any], node_id: str) -> list[dict[str, Any]]:
+    """The `POST jobs` bodies of one Generate of an image node (docs/api.md, Canvas): its prompt from
+    the prompt nodes connected to it (else its own, else that of the image it refines), its spec from
+    its data, one body per variant (seed + i when the seed is locked), and `previous_image_id` from a
+    connected image node's current image. The view's Generate builds the same bodies."""
+    assert rt.service is not None
+    nodes = {n["id"]: n for n in canvas["nodes"]}
+    data = nodes[node_id]["data"]
+    sources = [nodes[e["source"]] for e in canvas["edges"] if e["target"] == node_id and e["source"] in nodes]
+    prompts = [s["data"] for s in sources if s["type"] == "prompt"]
+    if prompts:
+        prompt = ", ".join(p.get("text", "").strip() for p in prompts if p.get("text", "").strip())
+        style = [m for p in prompts for m in (p.get("style_modifiers") or [])]
+    else:
+        prompt, style = str(data.get("prompt") or ""), []
+    previous = None
+    for source in sources:
+        job_id = source["data"].get("current_job_id") if source["type"] == "image" else None
+        if job_id:
+            made_it = await rt.service.get_job(rt.owner, job_id)
+            previous = made_it.get("image_id")
+            if previous is None:
+                raise InvalidField(
+                    f"previous_image_id: node {source['id']} has no finished image to refine from yet",
+                    field="previous_image_id",
+                )
+            # A refinement with no prompt of its own keeps the prompt that made the image.
+            if not prompt.strip():
+                prompt, style = made_it["prompt"], style or list(made_it["spec"].get("style_modifiers") or [])
+    group_id = str(uuid.uuid4())
+    variants = int(data.get("variants") or 1)
+    seed = data.get("seed")
+    bodies = []
+    for i in range(variants):
+        body: dict[str, Any] = {
+            "prompt": prompt,
+            "provider": data.get("provider"),
+            "model": data.get("model"),
+            "size": data.get("size"),
+            "aspect_ratio": data.get("aspect_ratio"),
+            "quality": data.get("quality"),
+            "negative_prompt": data.get("negative_prompt"),
+            "style_modifiers": style or None,
+            "previous_image_id": previous,
+            "seed": seed + i if data.get("seed_locked") and seed is not None else None,
+            "canvas_id": canvas["id"],
+            "node_id": node_id,
+            "group_id": group_id,
+        }
+        bodies.append({k: v for k, v in body.items() if v is not None})
+    return bodies
+
+
+def _result_or_error(future: Any, content: dict[str, Any]) -> tuple[dict[str, Any], list[bytes]]:
+    try:
+        result: tuple[dict[str, Any], list[bytes]] = future.result()
+        return result
+    except Exception:
+        log.exception("a kernel-transport request failed")
+        return (
+            {
+                "type": "response",
+                "id": content.get("id"),
+                "view_id": content.get("view_id"),
+                "status": 500,
+                "body": {"error": {"code": "internal", "message": "internal error; the kernel log has the details"}},
+            },
+            [],
+        )
+
+
+def canvases() -> list[dict[str, Any]]:
+    """The owner's saved canvases, newest first: id, name, version, node_count, times."""
+    rt = runtime()
+
+    async def go() -> list[dict[str, Any]]:
+        assert rt.service is not None
+        return list((await rt.service.list_canvases(rt.owner))["canvases"])
+
+    return rt.call(go)
