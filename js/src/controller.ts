@@ -135,6 +135,9 @@ export class CanvasController {
         void this.reloadJobs();
         this.sync.remoteSaved(Number.MAX_SAFE_INTEGER);
         return;
+      case "notice":
+        this.store.setState({ notice: typeof message.message === "string" ? message.message : null });
+        return;
       default:
         if ("job_id" in message) this.receiveJobEvent(message);
     }

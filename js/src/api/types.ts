@@ -116,8 +116,14 @@ export interface ResetMessage {
   cursor: string;
 }
 
+/** The kernel transport's word to the user (it started a worker for this owner, ...). */
+export interface NoticeMessage {
+  kind: "notice";
+  message: string;
+}
+
 /** One message of the event stream, the same shapes on the websocket and the kernel transport. */
-export type StreamMessage = HelloMessage | JobEvent | CanvasMessage | WorkersMessage | ResetMessage;
+export type StreamMessage = HelloMessage | JobEvent | CanvasMessage | WorkersMessage | ResetMessage | NoticeMessage;
 
 export interface Viewport {
   x: number;

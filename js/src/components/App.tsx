@@ -8,6 +8,7 @@ import { ControllerContext, useCanvas } from "./context";
 import { Flow } from "./Flow";
 import { keepFocus, keepKeys, suppressShortcuts } from "./keys";
 import { Lightbox } from "./Lightbox";
+import { Notice } from "./Notice";
 
 const MIN_HEIGHT = 240;
 
@@ -116,6 +117,7 @@ function Loaded({ phase, message, theme, onRetry }: { phase: ViewState["phase"];
         </div>
       ) : null}
       <Flow initialViewport={initial.current} />
+      <Notice />
       <Lightbox theme={theme} />
       <Compare theme={theme} />
     </ReactFlowProvider>

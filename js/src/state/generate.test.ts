@@ -82,6 +82,14 @@ describe("what Generate submits", () => {
     expect(result.bodies[0]?.options).toEqual({ delay_s: 5 });
   });
 
+  it("a refinement with no prompt of its own keeps the prompt that made the source image", () => {
+    const src = job({ node_id: "src", status: "done", prompt: "a harbour", spec: { style_modifiers: ["ink"] }, image_id: "img-3" });
+    const nodes = [imageNode("src", { current_job_id: src.id }), imageNode("img")];
+    const result = plan(nodes, [edge("src", "img")], "img", { [src.id]: src });
+    if ("error" in result) throw new Error(result.error);
+    expect(result.bodies[0]).toMatchObject({ prompt: "a harbour", style_modifiers: ["ink"], previous_image_id: "img-3" });
+  });
+
   it("sends only the fields the model accepts", () => {
     const result = plan([imageNode("img", { prompt: "a fox", provider: "openai", model: "dall-e-3", seed: 3, seed_locked: true, negative_prompt: "blur", size: "1024x1024", quality: "hd" })]);
     if ("error" in result) throw new Error(result.error);

@@ -45,9 +45,17 @@ export function planGeneration(args: {
   const node = nodeById(args.nodes, args.nodeId);
   if (!isImageNode(node)) return { error: "not an image node" };
   const data: ImageNodeData = node.data;
-  const { prompt, style_modifiers, fromPromptNode } = effectivePrompt(args.nodes, args.edges, node.id);
+  const own = effectivePrompt(args.nodes, args.edges, node.id);
+  let { prompt, style_modifiers } = own;
+  const source = imageSource(args.nodes, args.edges, node.id);
+  const sourceJob = source?.data.current_job_id ? args.jobs[source.data.current_job_id] : undefined;
+  if (!prompt.trim() && sourceJob?.prompt && !own.fromPromptNode) {
+    // A refinement with no prompt of its own keeps the prompt that made the image (as canvas.generate() does).
+    prompt = sourceJob.prompt;
+    style_modifiers = Array.isArray(sourceJob.spec.style_modifiers) ? sourceJob.spec.style_modifiers : [];
+  }
   if (!prompt.trim()) {
-    return { error: fromPromptNode ? "The connected prompt node is empty: type a prompt there." : "Type a prompt first." };
+    return { error: own.fromPromptNode ? "The connected prompt node is empty: type a prompt there." : "Type a prompt first." };
   }
   const capabilities = findModel(args.providers, data.provider, data.model);
   if (args.providers.length && !capabilities) {
@@ -57,9 +65,7 @@ export function planGeneration(args: {
     return { error: `The prompt has ${prompt.length} characters; ${data.model} takes at most ${capabilities.max_prompt_chars}.` };
   }
   let previous_image_id: string | undefined;
-  const source = imageSource(args.nodes, args.edges, node.id);
   if (source) {
-    const sourceJob = source.data.current_job_id ? args.jobs[source.data.current_job_id] : undefined;
     if (!sourceJob?.image_id) return { error: "The image node this one refines from has no image yet: generate it first." };
     if (capabilities && !capabilities.edit) return { error: `${data.model} cannot refine an image: pick a model that can, or remove the incoming image edge.` };
     previous_image_id = sourceJob.image_id;

@@ -65,6 +65,8 @@ export interface CanvasState {
 
   phase: Phase;
   statusMessage: string | null;
+  /** The latest notice from the kernel transport (shown for a few seconds). */
+  notice: string | null;
   transportKind: TransportKind | null;
   connection: ConnectionState;
   syncState: SyncState;
@@ -94,6 +96,7 @@ export function createCanvasStore(canvasId: string): CanvasStore {
     compare: null,
     phase: "starting",
     statusMessage: null,
+    notice: null,
     transportKind: null,
     connection: "connecting",
     syncState: "loading",

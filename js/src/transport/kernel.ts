@@ -194,7 +194,9 @@ export class KernelTransport implements Transport {
         const buffer = answer.buffers[0];
         if (!buffer) throw new ApiError(0, "no_bytes", `the kernel sent no bytes for image ${image.id}`);
         const bytes = new Uint8Array(buffer.buffer, buffer.byteOffset, buffer.byteLength).slice();
-        return new Blob([bytes], { type: sniffImageType(bytes, image.content_type) });
+        const said = (answer.body as { content_type?: unknown } | null)?.content_type;
+        const type = typeof said === "string" && said.startsWith("image/") ? said : sniffImageType(bytes, image.content_type);
+        return new Blob([bytes], { type });
       }),
     );
   }
