@@ -18,10 +18,18 @@ export function emptyDoc(): CanvasDoc {
 export function docFromCanvas(canvas: Canvas): CanvasDoc {
   return {
     name: canvas.name ?? null,
-    viewport: canvas.viewport ?? DEFAULT_VIEWPORT,
+    viewport: normalizeViewport(canvas.viewport),
     nodes: Array.isArray(canvas.nodes) ? canvas.nodes : [],
     edges: Array.isArray(canvas.edges) ? canvas.edges : [],
   };
+}
+
+/** A stored viewport may be `{}` (a canvas made from Python): every field a finite number, else the default. */
+export function normalizeViewport(raw: unknown): Viewport {
+  const v = (raw ?? {}) as Partial<Record<keyof Viewport, unknown>>;
+  const num = (x: unknown, d: number) => (typeof x === "number" && Number.isFinite(x) ? x : d);
+  const zoom = num(v.zoom, 1);
+  return { x: num(v.x, 0), y: num(v.y, 0), zoom: zoom > 0 ? zoom : 1 };
 }
 
 export function toCanvasNode(node: FlowNode): CanvasNode {

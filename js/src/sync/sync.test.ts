@@ -2,7 +2,7 @@ import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import type { Canvas, CanvasNode, CanvasPut } from "../api/types";
 import { ApiError } from "../transport/transport";
 import { CanvasSync, type DocHolder } from "./canvas-sync";
-import { type CanvasDoc, emptyDoc } from "./doc";
+import { type CanvasDoc, docFromCanvas, emptyDoc } from "./doc";
 import { mergeDocs } from "./merge";
 
 const node = (id: string, data: Record<string, unknown> = {}, x = 0): CanvasNode => ({ id, type: "image", position_x: x, position_y: 0, data });
@@ -56,6 +56,13 @@ class Holder implements DocHolder {
 }
 
 const deps = { setTimeout: (fn: () => void, ms: number) => setTimeout(fn, ms), clearTimeout: (h: unknown) => clearTimeout(h as ReturnType<typeof setTimeout>) };
+
+describe("a stored canvas", () => {
+  it("gets the default viewport when it has none (made from Python: {})", () => {
+    const c = { ...canvas(1, doc([])), viewport: {} as never };
+    expect(docFromCanvas(c).viewport).toEqual({ x: 0, y: 0, zoom: 1 });
+  });
+});
 
 describe("three-way merge", () => {
   it("keeps both views' edits to different nodes and fields", () => {
