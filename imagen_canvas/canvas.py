@@ -138,10 +138,11 @@ class Canvas(anywidget.AnyWidget):
         x: float | None = None,
         y: float | None = None,
         variants: int = 1,
+        options: dict[str, Any] | None = None,
         **spec: Any,
     ) -> str:
-        """Add an image node (its own prompt, provider, model, and spec fields such as size, seed,
-        quality, negative_prompt); returns its id."""
+        """Add an image node (its own prompt, provider, model, spec fields such as size, seed, quality,
+        negative_prompt, and provider `options` such as local's delay_s); returns its id."""
         if not 1 <= variants <= 4:
             raise InvalidField("variants: must be 1 to 4", field="variants")
         unknown = set(spec) - {"size", "aspect_ratio", "quality", "seed", "negative_prompt"}
@@ -151,6 +152,7 @@ class Canvas(anywidget.AnyWidget):
                 f"{name}: is not an image node field; use size, aspect_ratio, quality, seed, negative_prompt",
                 field=name,
             )
+        provider, model = self._provider_and_model(provider, model)
         data: dict[str, Any] = {
             "prompt": prompt,
             "provider": provider,
@@ -158,9 +160,24 @@ class Canvas(anywidget.AnyWidget):
             "variants": variants,
             "seed_locked": spec.get("seed") is not None,
             "current_job_id": None,
+            "options": options or None,
             **spec,
         }
         return self._add_node("image", data, x, y)
+
+    def _provider_and_model(self, provider: str | None, model: str | None) -> tuple[str | None, str | None]:
+        """The provider (the configured default when None) and its model (the provider's default when
+        None), as a node the view shows stores them; left unset where the provider is unknown here."""
+        from imagen_worker.errors import SpecError
+
+        service = self._rt.service
+        name = provider or (service.config.default_provider if service is not None else None)
+        if name is None or model is not None or service is None:
+            return name, model
+        try:
+            return name, service.providers.get(name).default_model
+        except SpecError:
+            return name, None
 
     def connect(self, source: str, target: str) -> str:
         """Join two nodes: prompt → image gives the image its prompt; image → image refines from the
@@ -448,6 +465,7 @@ async def node_job_bodies(rt: Runtime, canvas: dict[str, Any], node_id: str) -> 
             "aspect_ratio": data.get("aspect_ratio"),
             "quality": data.get("quality"),
             "negative_prompt": data.get("negative_prompt"),
+            "options": data.get("options") or None,
             "style_modifiers": style or None,
             "previous_image_id": previous,
             "seed": seed + i if data.get("seed_locked") and seed is not None else None,

@@ -31,6 +31,8 @@ from .runtime import Runtime, runtime
 
 TERMINAL = ("done", "failed", "cancelled")
 DISPLAY_SIDE = 512
+# A gallery laid out as a canvas: the view's image nodes are about 280 × 600 px.
+COLUMN_SPACING, ROW_SPACING = 320.0, 660.0
 
 
 class JobFailed(ImagenError):
@@ -313,7 +315,7 @@ class Gallery(Sequence[Generation]):
                         "id": f"p{rows[g.prompt]}",
                         "type": "prompt",
                         "position_x": 0.0,
-                        "position_y": rows[g.prompt] * 360.0,
+                        "position_y": rows[g.prompt] * ROW_SPACING,
                         "data": {"text": g.prompt, "style_modifiers": []},
                     }
                 )
@@ -325,8 +327,8 @@ class Gallery(Sequence[Generation]):
                 {
                     "id": node_id,
                     "type": "image",
-                    "position_x": 340.0 + col * 300.0,
-                    "position_y": row * 360.0,
+                    "position_x": 340.0 + col * COLUMN_SPACING,
+                    "position_y": row * ROW_SPACING,
                     "data": {
                         "prompt": "",
                         "provider": g.provider,

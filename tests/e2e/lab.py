@@ -154,7 +154,7 @@ def screenshot(page: Any, name: str) -> Path:
 def open_notebook(page: Any, server: Server, name: str) -> None:
     """Open a notebook and wait for its kernel to be idle."""
     if server.app == "lab":
-        page.goto(server.url(f"lab/tree/{name}"))
+        page.goto(server.url(f"lab/tree/{name}?reset"))  # a fresh workspace: no tab of an earlier test
     else:
         page.goto(server.url(f"notebooks/{name}"))
     page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
@@ -183,3 +183,21 @@ def run_all_cells(page: Any) -> None:
     """Run → Run All Cells, from the menu bar (JupyterLab and Notebook 7 share it)."""
     page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
     page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+
+
+def execute_in_notebook_kernel(server: Server, notebook: str, code: str) -> str:
+    """Run `code` in the kernel of the open notebook `notebook` (its namespace: the cells' variables)."""
+    import aiohttp
+
+    from ..conftest import run_sync
+    from ..kernel_client import execute
+
+    (session,) = [s for s in server.api("api/sessions") if s["path"].endswith(notebook)]
+    headers = {"Authorization": f"token {server.token}"}
+
+    async def go() -> str:
+        async with aiohttp.ClientSession(headers=headers) as client:
+            url = f"ws://127.0.0.1:{server.port}/api/kernels/{session['kernel']['id']}/channels"
+            return await execute(client, url, code)
+
+    return run_sync(go)  # in a thread: Playwright's sync API keeps a loop running here

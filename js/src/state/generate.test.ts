@@ -106,3 +106,22 @@ describe("what Generate submits", () => {
     expect(plan([imageNode("img", { prompt: "x", model: "nope" })])).toMatchObject({ error: expect.stringContaining("not offered") });
   });
 });
+
+describe("a node without a model (made from Python)", () => {
+  it("uses the provider's default model for its capabilities and lets the server pick it", async () => {
+    const { planGeneration } = await import("./generate");
+    const providers = [
+      { name: "local", available: true, reason: null, live_workers: 1, default_model: "local-v1",
+        models: [{ model: "local-v1", sizes: [], aspect_ratios: ["1:1"], qualities: [], seed: true, negative_prompt: true,
+                   edit: true, webhook: false, cancel: true, max_side: 2048, default_size: "512x512",
+                   max_prompt_chars: 32000, price_usd: "0" }] },
+    ];
+    const node = { id: "n1", type: "image", position: { x: 0, y: 0 },
+      data: { prompt: "a fox", provider: "local", model: "", size: null, aspect_ratio: null, quality: null, seed: null,
+              seed_locked: false, negative_prompt: null, variants: 1, current_job_id: null } };
+    const plan = planGeneration({ nodes: [node] as never, edges: [], jobs: {}, providers: providers as never,
+      canvasId: "c", nodeId: "n1", groupId: "g" });
+    expect("error" in plan).toBe(false);
+    if (!("error" in plan)) expect(plan.bodies[0]).not.toHaveProperty("model");
+  });
+});

@@ -24,8 +24,11 @@ export function effectivePrompt(
   return { prompt: isImageNode(node) ? node.data.prompt : "", style_modifiers: [], fromPromptNode: false };
 }
 
+/** The capabilities of a provider's model; an empty model means the provider's default model. */
 export function findModel(providers: readonly Provider[], provider: string, model: string): ModelCapabilities | null {
-  return providers.find((p) => p.name === provider)?.models.find((m) => m.model === model) ?? null;
+  const found = providers.find((p) => p.name === provider);
+  const name = model || found?.default_model;
+  return found?.models.find((m) => m.model === name) ?? null;
 }
 
 /**
@@ -84,7 +87,7 @@ export function planGeneration(args: {
     const body: JobCreate = {
       prompt,
       provider: data.provider,
-      model: data.model,
+      ...(data.model ? { model: data.model } : {}), // none: the server uses the provider's default
       canvas_id: args.canvasId,
       node_id: node.id,
       group_id: args.groupId,
