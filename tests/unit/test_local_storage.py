@@ -107,7 +107,7 @@ async def test_a_signed_url_verifies_until_it_expires(store: LocalStorage) -> No
     url = await store.url("owner/job 1.png", expires_in=60)
     path, expires_at, sig = parse(url)
     assert path == "owner/job 1.png"
-    assert before + 60 <= expires_at <= int(time.time()) + 60
+    assert before + 60 <= expires_at <= int(time.time()) + 60 + local_storage.URL_WINDOW
     assert store.verify(path, expires_at, sig)
     assert store.verify(path, expires_at, sig, now=expires_at)
     assert not store.verify(path, expires_at, sig, now=expires_at + 1)
@@ -217,3 +217,13 @@ async def test_a_pool_hands_each_owners_folder_and_objects_to_that_owners_uid(tm
     assert asked == ["owner-b"]
     target = tmp_path / "store" / "images" / "owner-b" / "sub" / "job.png"
     assert target.stat().st_uid == os.getuid() and (target.stat().st_mode & 0o777) == 0o600
+
+
+async def test_an_objects_url_is_the_same_within_a_window_and_valid_at_least_as_long_as_asked(
+    store: LocalStorage,
+) -> None:
+    first, again = await store.url("owner/job.png", expires_in=3600), await store.url("owner/job.png", expires_in=3600)
+    assert first == again  # a browser's cached thumbnail is reused
+    expires = int(parse_qs(urlsplit(first).query)["expires"][0])
+    assert expires % local_storage.URL_WINDOW == 0
+    assert time.time() + 3600 <= expires < time.time() + 3600 + local_storage.URL_WINDOW + 1

@@ -71,6 +71,9 @@ def _remove_leftovers(target: Path) -> None:
             os.unlink(path)
 
 
+# Signed URLs of one object are the same within a window of this many seconds (see `url`).
+URL_WINDOW = 300
+
 # Owner folders and their objects are private to whoever owns them (ADR 0008); the store's root and
 # bucket folders are only traversable, so a user reaches their own folder without listing others'.
 DIR_MODE, FILE_MODE, SHARED_DIR_MODE = 0o700, 0o600, 0o711
@@ -173,7 +176,13 @@ class LocalStorage(Storage):
         return hmac.compare_digest(self.sign(path, expires_at), signature)
 
     async def url(self, path: str, *, expires_in: int = 3600) -> str:
+        """A signed URL valid for at least `expires_in` seconds. The expiry is rounded up to the next
+        URL_WINDOW seconds, so the same image gets the same URL for a while and browsers reuse what they
+        cached (a canvas reload then loads its thumbnails from the cache). A lifetime of zero or less
+        is not rounded: such a URL is already expired."""
         expires_at = int(time.time()) + expires_in
+        if expires_in > 0:
+            expires_at = -(-expires_at // URL_WINDOW) * URL_WINDOW
         return f"{self.url_prefix}/{quote(self.bucket)}/{quote(path)}?expires={expires_at}&sig={self.sign(path, expires_at)}"
 
     def file_path(self, path: str) -> Path:
