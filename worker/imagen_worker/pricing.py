@@ -242,7 +242,10 @@ def _usd(value: Decimal | None) -> float:
 
 
 async def usage_report(
-    conn: asyncpg.Connection | asyncpg.Pool | PoolConnectionProxy, *, since: datetime | None = None, owner_user_id: UUID | None = None
+    conn: asyncpg.Connection | asyncpg.Pool | PoolConnectionProxy,
+    *,
+    since: datetime | None = None,
+    owner_user_id: UUID | None = None,
 ) -> dict[str, Any]:
     """Counts by status, run and queue-wait percentiles and cost by provider/model, for jobs created
     at or after `since` (all jobs when None), optionally of one owner."""

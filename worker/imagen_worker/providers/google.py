@@ -124,7 +124,11 @@ class GoogleProvider(Provider):
         retry_initial_delay: float = 1.0,
         timeout: float = 180.0,
     ) -> None:
-        self._api_key = api_key if api_key is not None else os.environ.get("GOOGLE_API_KEY") or os.environ.get("GEMINI_API_KEY") or None
+        self._api_key = (
+            api_key
+            if api_key is not None
+            else os.environ.get("GOOGLE_API_KEY") or os.environ.get("GEMINI_API_KEY") or None
+        )
         self._project = project or os.environ.get("GOOGLE_CLOUD_PROJECT") or None
         self._location = location or os.environ.get("GOOGLE_CLOUD_LOCATION") or "us-central1"
         self._credentials = credentials

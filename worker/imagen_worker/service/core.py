@@ -225,7 +225,9 @@ class Service:
                 waiting = await self._waiting_reason(conn, owner, job["provider"])
         return job_json(job, waiting_for_worker=waiting)
 
-    def _validate_job(self, body: bytes | str | Mapping[str, Any] | None) -> tuple[JobCreate, str, str, ImagePromptSpec]:
+    def _validate_job(
+        self, body: bytes | str | Mapping[str, Any] | None
+    ) -> tuple[JobCreate, str, str, ImagePromptSpec]:
         """A job body checked against the spec and the provider's model: (body, provider, model, spec)."""
         req: JobCreate = parse_body(body, JobCreate)
         provider_name = req.provider or self.config.default_provider
@@ -280,7 +282,9 @@ class Service:
                     q("create_jobs"), owner, rows, self.config.max_pending, self.config.worker_stale_seconds
                 )
             except asyncpg.ForeignKeyViolationError:
-                raise InvalidField("canvas_id: a job names a canvas that is not among yours", field="canvas_id") from None
+                raise InvalidField(
+                    "canvas_id: a job names a canvas that is not among yours", field="canvas_id"
+                ) from None
             except asyncpg.CheckViolationError as exc:
                 raise _check_error(exc) from None
             except asyncpg.ConfigurationLimitExceededError as exc:
