@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
 .venv/bin/ruff check .
+.venv/bin/ruff format --check worker server_ext imagen_canvas tests bench notebooks
 .venv/bin/mypy
 (cd js && npm test)   # tsc --noEmit and the vitest unit tests of the canvas
 .venv/bin/python -m pytest "$@"

@@ -184,8 +184,10 @@ class ImagenCanvasApp(ExtensionApp):
                 # the user this server belongs to.
                 hub_user = os.environ.get("JUPYTERHUB_USER")
                 if hub_user and hub_owner_id(hub_user) != owner:
-                    raise RuntimeError(f"the database login belongs to another user than {hub_user}; "
-                                       "check the IMAGEN_DATABASE_URL the spawner gave this server")
+                    raise RuntimeError(
+                        f"the database login belongs to another user than {hub_user}; "
+                        "check the IMAGEN_DATABASE_URL the spawner gave this server"
+                    )
                 services.owner = owner
             services.storage = self._storage(env)
             overrides: dict[str, Any] = {}
