@@ -428,6 +428,55 @@ async def test_a_stale_canvas_save_gets_409_with_the_current_canvas(jp_fetch: An
     ws.close()
 
 
+BAD_CANVAS_BODIES = [
+    ({"version": 1, "viewport": {"x": 0, "y": 0, "zoom": 0}, "nodes": [], "edges": []}, "viewport.zoom"),
+    ({"version": 1, "viewport": {"x": "left", "y": 0, "zoom": 1}, "nodes": [], "edges": []}, "viewport.x"),
+    ({"version": 1, "viewport": {"x": 0, "y": 0, "zoom": 1, "angle": 3}, "nodes": [], "edges": []}, "viewport.angle"),
+    ({"version": 1, "viewport": [0, 0, 1], "nodes": [], "edges": []}, "viewport"),
+    (
+        {"version": 1, "nodes": [{"id": "a", "type": "image"}, {"id": "a", "type": "prompt"}], "edges": []},
+        "nodes[1].id",
+    ),
+    ({"version": 1, "nodes": [{"id": "a", "type": "Image Node"}], "edges": []}, "nodes[0].type"),
+    ({"version": 1, "nodes": [{"id": "a", "type": "image", "position_x": "1"}], "edges": []}, "nodes[0].position_x"),
+    (
+        {"version": 1, "nodes": [{"id": "a", "type": "image", "data": {"x": "y" * 70_000}}], "edges": []},
+        "nodes[0].data",
+    ),
+    ({"version": -1, "nodes": [], "edges": []}, "version"),
+    ({"nodes": [], "edges": []}, "version"),
+    ({"version": 1, "name": "", "nodes": [], "edges": []}, "name"),
+]
+
+
+@config(run_worker=False)
+@pytest.mark.parametrize(("body", "field"), BAD_CANVAS_BODIES)
+async def test_a_bad_canvas_save_is_refused_naming_the_field_and_the_stored_canvas_is_kept(
+    jp_fetch: Any, body: dict[str, Any], field: str
+) -> None:
+    await ready(jp_fetch)
+    canvas_id = str(uuid.uuid4())
+    graph = {"nodes": [{"id": "p", "type": "prompt", "data": {"text": "a fox"}}], "edges": []}
+    saved = {"version": 0, "name": "Kept", "viewport": {"x": 10, "y": -4.5, "zoom": 0.5}, **graph}
+    status, first = await api(jp_fetch, "canvases", canvas_id, method="PUT", body=saved)
+    assert status == 201 and first["viewport"] == {"x": 10, "y": -4.5, "zoom": 0.5}
+    status, answer = await api(jp_fetch, "canvases", canvas_id, method="PUT", body=body)
+    assert status == 400 and answer["error"]["field"] == field, answer
+    assert field.split(".")[0].split("[")[0] in answer["error"]["message"]
+    status, stored = await api(jp_fetch, "canvases", canvas_id)
+    assert stored["version"] == 1 and stored["name"] == "Kept" and stored["viewport"] == first["viewport"]
+    assert [n["id"] for n in stored["nodes"]] == ["p"]
+
+
+async def test_an_empty_viewport_is_the_default_view(jp_fetch: Any) -> None:
+    await ready(jp_fetch)
+    canvas_id = str(uuid.uuid4())
+    status, canvas = await api(
+        jp_fetch, "canvases", canvas_id, method="PUT", body={"version": 0, "viewport": {}, "nodes": [], "edges": []}
+    )
+    assert status == 201 and canvas["viewport"] == {"x": 0, "y": 0, "zoom": 1}
+
+
 async def _done_job(jp_fetch: Any, jp_ws_fetch: Any) -> dict[str, Any]:
     ws = await jp_ws_fetch("imagen", "api", "events")
     await message(ws)

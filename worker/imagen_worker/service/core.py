@@ -483,6 +483,7 @@ class Service:
         save.check_graph()
         nodes = [n.model_dump(mode="json") for n in save.nodes]
         edges = [e.model_dump(mode="json") for e in save.edges]
+        viewport = save.viewport.model_dump() if save.viewport else None
         async with self.transaction(owner) as conn:
             stored = await conn.fetchval(q("lock_canvas"), canvas_uuid)
             created = stored is None
@@ -492,7 +493,7 @@ class Service:
                         f"canvas {canvas_uuid} does not exist (deleted?); save with version 0 to create it",
                         field="canvas_id",
                     )
-                row = await conn.fetchrow(q("insert_canvas"), canvas_uuid, owner, save.name, save.viewport)
+                row = await conn.fetchrow(q("insert_canvas"), canvas_uuid, owner, save.name, viewport)
                 if row is None:
                     raise VersionConflict(
                         f"version: canvas {canvas_uuid} was created meanwhile; load it and save again",
@@ -502,7 +503,7 @@ class Service:
                 head = {
                     "version": row["version"],
                     "name": save.name or "Untitled canvas",
-                    "viewport": save.viewport or {},
+                    "viewport": viewport or {},
                     "created_at": row["created_at"],
                     "updated_at": row["updated_at"],
                 }
@@ -514,7 +515,7 @@ class Service:
                     current=await self._canvas(conn, canvas_uuid),
                 )
             else:
-                updated = await conn.fetchrow(q("update_canvas"), canvas_uuid, save.name, save.viewport)
+                updated = await conn.fetchrow(q("update_canvas"), canvas_uuid, save.name, viewport)
                 assert updated is not None
                 head = dict(updated)
             try:

@@ -15,6 +15,7 @@ from ..errors import InvalidField, InvalidJSON, PayloadTooLarge, UnknownField
 from ..spec import ImagePromptSpec
 
 MAX_BODY_BYTES = 1024 * 1024
+MAX_NODE_DATA_CHARS = 65536  # the check on imagen.canvas_nodes.data
 STATUSES = ("pending", "running", "done", "failed", "cancelled")
 SPEC_FIELDS = tuple(name for name in ImagePromptSpec.model_fields if name != "prompt")
 
@@ -68,6 +69,17 @@ class NodeIn(BaseModel):
             raise ValueError("must be a finite number")
         return value
 
+    @field_validator("data")
+    @classmethod
+    def _small(cls, value: dict[str, Any]) -> dict[str, Any]:
+        size = len(json.dumps(value, ensure_ascii=False))  # as jsonb prints it, which the check measures
+        if size > MAX_NODE_DATA_CHARS:
+            raise ValueError(
+                f"is {size} characters of JSON; the limit is {MAX_NODE_DATA_CHARS}: keep images in storage "
+                "and refer to them by job or image id"
+            )
+        return value
+
 
 class EdgeIn(BaseModel):
     model_config = _STRICT
@@ -79,6 +91,23 @@ class EdgeIn(BaseModel):
     target_handle: str | None = Field(default=None, max_length=200)
 
 
+class Viewport(BaseModel):
+    """Where the canvas is panned and how far it is zoomed (React Flow's); `{}` is the default view."""
+
+    model_config = _STRICT
+
+    x: float = 0.0
+    y: float = 0.0
+    zoom: float = Field(default=1.0, gt=0, le=100)
+
+    @field_validator("x", "y", "zoom")
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError("must be a finite number")
+        return value
+
+
 class CanvasSave(BaseModel):
     """`PUT canvases/{id}`: the whole graph, with the version it was based on (0: a new canvas)."""
 
@@ -86,7 +115,7 @@ class CanvasSave(BaseModel):
 
     version: int = Field(ge=0)
     name: str | None = Field(default=None, min_length=1, max_length=200)
-    viewport: dict[str, Any] | None = None
+    viewport: Viewport | None = None
     nodes: list[NodeIn] = Field(default_factory=list, max_length=5000)
     edges: list[EdgeIn] = Field(default_factory=list, max_length=20000)
 
