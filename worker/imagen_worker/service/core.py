@@ -16,7 +16,7 @@ import json
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -178,7 +178,11 @@ class Service:
                     "of your generated images",
                     field="previous_image_id",
                 )
-            try:
+            canvas_missing = (
+                f"canvas_id: no canvas {req.canvas_id} among your canvases; save it first "
+                "(PUT canvases/{id}) or leave canvas_id out"
+            )
+            with _job_insert_errors(canvas_missing):
                 row = await conn.fetchrow(
                     q("create_job"),
                     owner,
@@ -195,16 +199,6 @@ class Service:
                     self.config.max_pending,
                     self.config.worker_stale_seconds,
                 )
-            except asyncpg.ForeignKeyViolationError:
-                raise InvalidField(
-                    f"canvas_id: no canvas {req.canvas_id} among your canvases; save it first "
-                    "(PUT canvases/{id}) or leave canvas_id out",
-                    field="canvas_id",
-                ) from None
-            except asyncpg.CheckViolationError as exc:
-                raise _check_error(exc) from None
-            except asyncpg.ConfigurationLimitExceededError as exc:
-                raise _quota_error(exc) from None
             assert row is not None
             job = row["job"]
             if job is None and idempotency_key is not None and row["pending"] < self.config.max_pending:
@@ -277,18 +271,10 @@ class Service:
         if not rows:
             return []
         async with self.transaction(owner) as conn:
-            try:
+            with _job_insert_errors("canvas_id: a job names a canvas that is not among yours; save it first"):
                 row = await conn.fetchrow(
                     q("create_jobs"), owner, rows, self.config.max_pending, self.config.worker_stale_seconds
                 )
-            except asyncpg.ForeignKeyViolationError:
-                raise InvalidField(
-                    "canvas_id: a job names a canvas that is not among yours", field="canvas_id"
-                ) from None
-            except asyncpg.CheckViolationError as exc:
-                raise _check_error(exc) from None
-            except asyncpg.ConfigurationLimitExceededError as exc:
-                raise _quota_error(exc) from None
             assert row is not None
             if row["jobs"] is None:
                 raise TooManyPending(
@@ -603,6 +589,19 @@ def _field_error(exc: SpecError) -> InvalidField:
     if field is None:
         return InvalidField(str(exc))
     return InvalidField("; ".join(f"{f}: {t}" if f else t for f, t in exc.problems), field=field)
+
+
+@contextlib.contextmanager
+def _job_insert_errors(canvas_missing: str) -> Iterator[None]:
+    """The database's refusals of new jobs as the API's errors: an unknown canvas, a check, the quota."""
+    try:
+        yield
+    except asyncpg.ForeignKeyViolationError:
+        raise InvalidField(canvas_missing, field="canvas_id") from None
+    except asyncpg.CheckViolationError as exc:
+        raise _check_error(exc) from None
+    except asyncpg.ConfigurationLimitExceededError as exc:
+        raise _quota_error(exc) from None
 
 
 def _check_error(exc: asyncpg.CheckViolationError) -> InvalidField:
