@@ -4,6 +4,7 @@
     .venv/bin/python bench/queue.py --with-peers    # + floor.py and the peers, same run, with ratios
     .venv/bin/python bench/queue.py --rss           # + peak RSS of an `imagen worker` with 1,000 jobs in flight
     RUNS=4 .venv/bin/python bench/queue.py --latency-only   # pickup latency alone, for A/B comparisons
+    RUNS=3 PEERS_DIR=... .venv/bin/python bench/queue.py --with-peers   # each run: ours, fairness, floor, peers; medians
 
 Throughput: N (5000) no-op jobs bulk-inserted in one statement, then the clock starts just before
 the worker starts; `throughput_jobs_s` = N / time until the database shows every job done (checked
@@ -11,6 +12,10 @@ every 5 ms), `throughput_body_jobs_s` = N / time until the last handler ran. Con
 Latency: the same worker idle 1 s and listening; LAT_N (200) jobs inserted one at a time, GAP_MS (20)
 apart, over a separate connection; latency = time from just before the INSERT to the handler's start.
 Leases, heartbeats, the reaper and the job_events rows of every transition are all on.
+Fairness (ADR 0007), in the same run: `fair_throughput_jobs_s`, the throughput measurement with the N
+jobs spread over 10 owners, interleaved; `interactive_wait_ms`, insert -> handler start of LAT_N / 2
+interactive jobs queued one at a time (GAP_MS * 2 apart) while the worker drains a 5,000-job batch
+backlog whose jobs each take BATCH_JOB_MS (20) of handler time.
 Env: PG_ADMIN_DSN (postgresql://postgres@127.0.0.1:5432/postgres), N, LAT_N, GAP_MS, CONC, PREFETCH
 (default CONC: claims of CONC jobs, as pgqueuer's batch_size), RUNS.
 """
@@ -28,6 +33,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import shutil
 import signal
 import statistics
@@ -42,6 +48,7 @@ import asyncpg
 from imagen_worker.db import init_connection
 from imagen_worker.migrate import migrate
 from imagen_worker.queue import JobContext, Worker, WorkerConfig
+from imagen_worker.scheduling import BATCH, INTERACTIVE
 
 ADMIN = os.environ.get("PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 N = int(os.environ.get("N", 5000))
@@ -52,6 +59,8 @@ CONC = int(os.environ.get("CONC", 10))
 # PREFETCH more jobs are claimed ahead of a free slot.
 PREFETCH = int(os.environ.get("PREFETCH", CONC))
 OWNER = "00000000-0000-4000-8000-0000000000be"
+BACKLOG = 5000
+BATCH_JOB_S = float(os.environ.get("BATCH_JOB_MS", 20)) / 1000
 HERE = Path(__file__).resolve().parent
 PEERS = HERE.parent.parent / "shared" / "peers"
 now = time.perf_counter
@@ -138,6 +147,80 @@ async def bench_ours(latency_only: bool = False) -> dict[str, Any]:
     }
 
 
+async def bench_fairness() -> dict[str, Any]:
+    """Throughput with ten owners' jobs interleaved, and the wait of interactive jobs behind a batch backlog."""
+    dsn = await fresh_db("bench_imagen_fair")
+    db = await asyncpg.connect(dsn)
+    await init_connection(db)
+    owners = [f"00000000-0000-4000-8000-{k:012x}" for k in range(1, 11)]
+    await db.execute(
+        "insert into imagen.jobs (owner_user_id, prompt) select ($1::uuid[])[1 + g % 10], 'noop'"
+        " from generate_series(0, $2 - 1) g",
+        owners,
+        N,
+    )  # one bulk INSERT, owners interleaved
+    done = 0
+    all_done = asyncio.Event()
+    started: dict[int, float] = {}
+
+    async def handler(ctx: JobContext) -> None:
+        nonlocal done
+        if ctx.job.prompt == "noop":
+            done += 1
+            if done == N:
+                all_done.set()
+        elif ctx.job.prompt == "batch":
+            await asyncio.sleep(BATCH_JOB_S * random.uniform(0.5, 1.5))
+        else:
+            started[int(ctx.job.prompt)] = now()
+
+    worker = Worker(dsn, handler, WorkerConfig(concurrency=CONC, prefetch=PREFETCH))
+    t_start = now()
+    task = asyncio.create_task(worker.run())
+    await all_done.wait()
+    while await db.fetchval("select exists (select 1 from imagen.jobs where status in ('pending', 'running'))"):
+        await asyncio.sleep(0.005)
+    fair_throughput = N / (now() - t_start)
+
+    await db.execute(
+        "insert into imagen.jobs (owner_user_id, prompt, priority) select $1, 'batch', $2 from generate_series(1, $3)",
+        OWNER,
+        BATCH,
+        BACKLOG,
+    )
+    while await db.fetchval("select count(*) < 200 from imagen.jobs where prompt = 'batch' and status <> 'pending'"):
+        await asyncio.sleep(0.01)
+    producer = await asyncpg.connect(dsn)
+    sent: dict[int, float] = {}
+    n_wait = LAT_N // 2
+    t0 = now()
+    for i in range(n_wait):
+        await asyncio.sleep(max(0.0, t0 + i * 2 * GAP - now()))
+        sent[i] = now()
+        await producer.execute(
+            "insert into imagen.jobs (owner_user_id, prompt, priority) values ($1, $2, $3)", OWNER, str(i), INTERACTIVE
+        )
+    deadline = now() + 30
+    while len(started) < n_wait and now() < deadline:
+        await asyncio.sleep(0.01)
+    backlog_left = await db.fetchval("select count(*) from imagen.jobs where prompt = 'batch' and status = 'pending'")
+    wait = quantiles([(started[i] - sent[i]) * 1000 for i in range(n_wait) if i in started])
+    wait["received"] = len(started)
+    worker.stop()
+    await task
+    await producer.close()
+    await db.close()
+    return {
+        "peer": "imagen-worker fairness",
+        "fair_throughput_jobs_s": round(fair_throughput, 1),
+        "owners": len(owners),
+        "interactive_wait_ms": wait,
+        "batch_backlog": BACKLOG,
+        "batch_left_pending_at_end": backlog_left,
+        "batch_job_ms": BATCH_JOB_S * 1000,
+    }
+
+
 def run_json_lines(cmd: list[str], cwd: Path) -> list[dict[str, Any]]:
     env = dict(os.environ, PG_ADMIN_DSN=ADMIN)
     out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=900, env=env)
@@ -168,6 +251,51 @@ def run_peers() -> tuple[list[dict[str, Any]], dict[str, Any]]:
     if (d / "node_modules" / "graphile-worker").exists() and shutil.which("node"):
         results += run_json_lines(["node", "bench_graphile_worker.js"], d)
     return results, floor
+
+
+def summarize(
+    ours: list[dict[str, Any]], fair: list[dict[str, Any]], peers: list[dict[str, Any]], floors: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Medians over the runs, ours against each peer and the floor, all measured in this run."""
+    med = statistics.median
+    ours_tp = med(o["throughput_jobs_s"] for o in ours)
+    p50 = med(o["latency_ms"]["p50"] for o in ours)
+    p99 = med(o["latency_ms"]["p99"] for o in ours)
+    by_peer: dict[str, dict[str, float]] = {}
+    for name in sorted({p["peer"] for p in peers}):
+        mine = [p for p in peers if p["peer"] == name]
+        by_peer[name] = {
+            "throughput_jobs_s": med(p["throughput_jobs_s"] for p in mine),
+            "pickup_p50_ms": med(p["latency_ms"]["p50"] for p in mine),
+            "pickup_p99_ms": med(p["latency_ms"]["p99"] for p in mine),
+        }
+    summary: dict[str, Any] = {
+        "summary": "imagen-worker vs peers and floor, same run, medians of the runs",
+        "runs": len(ours),
+        "ours": {"throughput_jobs_s": ours_tp, "pickup_p50_ms": p50, "pickup_p99_ms": p99},
+        "peers": by_peer,
+    }
+    if by_peer:
+        best = max(by_peer, key=lambda k: by_peer[k]["throughput_jobs_s"])
+        summary["best_peer"] = best
+        summary["throughput_ratio_to_best_peer"] = round(ours_tp / by_peer[best]["throughput_jobs_s"], 2)
+        summary["pickup_p50_at_or_below_every_peer"] = all(p50 <= v["pickup_p50_ms"] for v in by_peer.values())
+        best_p99 = min(v["pickup_p99_ms"] for v in by_peer.values())
+        summary["pickup_p99_ratio_to_best_peer_p99"] = round(p99 / best_p99, 2)
+        if fair:
+            fair_tp = med(f["fair_throughput_jobs_s"] for f in fair)
+            summary["fair_throughput_jobs_s"] = fair_tp
+            summary["fair_throughput_ratio_to_best_peer"] = round(fair_tp / by_peer[best]["throughput_jobs_s"], 2)
+    if fair:
+        wait50 = med(f["interactive_wait_ms"]["p50"] for f in fair)
+        summary["interactive_wait_ms"] = {"p50": wait50, "p99": med(f["interactive_wait_ms"]["p99"] for f in fair)}
+        summary["interactive_wait_p50_ratio_to_idle_pickup_p50"] = round(wait50 / p50, 2)
+    if floors:
+        floor_tp = med(f["floor_throughput_jobs_s"] for f in floors)
+        summary["throughput_ratio_to_floor"] = round(ours_tp / floor_tp, 2)
+        summary["pickup_p50_ratio_to_floor"] = round(p50 / med(f["floor_pickup_ms"]["p50"] for f in floors), 2)
+        summary["pickup_p99_ratio_to_floor"] = round(p99 / med(f["floor_pickup_ms"]["p99"] for f in floors), 2)
+    return summary
 
 
 def worker_rss(in_flight: int = 1000) -> dict[str, Any]:
@@ -226,32 +354,29 @@ def main() -> None:
     )
     args = parser.parse_args()
     runs = int(os.environ.get("RUNS", 1))
-    ours = []
+    ours: list[dict[str, Any]] = []
+    fair: list[dict[str, Any]] = []
+    peers: list[dict[str, Any]] = []
+    floors: list[dict[str, Any]] = []
     for _ in range(runs):
         ours.append(asyncio.run(bench_ours(args.latency_only)))
         print(json.dumps(ours[-1]), flush=True)
+        if args.with_peers:
+            fair.append(asyncio.run(bench_fairness()))
+            print(json.dumps(fair[-1]), flush=True)
+            run_peers_, floor = run_peers()
+            for p in run_peers_:
+                print(json.dumps(p), flush=True)
+            print(json.dumps(floor), flush=True)
+            peers += run_peers_
+            if floor:
+                floors.append(floor)
     if args.latency_only:
         p50s = [o["latency_ms"]["p50"] for o in ours]
         print(json.dumps({"summary": "pickup p50 over runs", "runs": runs, "median_p50_ms": statistics.median(p50s)}))
         return
     if args.with_peers:
-        peers, floor = run_peers()
-        for p in peers:
-            print(json.dumps(p), flush=True)
-        print(json.dumps(floor), flush=True)
-        best_ours = max(o["throughput_jobs_s"] for o in ours)
-        best_peer = max(peers, key=lambda p: p["throughput_jobs_s"]) if peers else None
-        p50 = min(o["latency_ms"]["p50"] for o in ours)
-        p99 = min(o["latency_ms"]["p99"] for o in ours)
-        summary: dict[str, Any] = {"summary": "imagen-worker vs peers and floor, same run"}
-        if best_peer:
-            summary["best_peer"] = best_peer["peer"]
-            summary["throughput_ratio_to_best_peer"] = round(best_ours / best_peer["throughput_jobs_s"], 2)
-        if floor:
-            summary["throughput_ratio_to_floor"] = round(best_ours / floor["floor_throughput_jobs_s"], 2)
-            summary["pickup_p50_ratio_to_floor"] = round(p50 / floor["floor_pickup_ms"]["p50"], 2)
-            summary["pickup_p99_ratio_to_floor"] = round(p99 / floor["floor_pickup_ms"]["p99"], 2)
-        print(json.dumps(summary), flush=True)
+        print(json.dumps(summarize(ours, fair, peers, floors)), flush=True)
     if args.rss:
         print(json.dumps(worker_rss()), flush=True)
 

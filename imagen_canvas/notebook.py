@@ -623,8 +623,9 @@ def _progress_bar(total: int) -> Any:
 
 
 def compare(prompt: str, providers: Sequence[str], **spec: Any) -> Gallery:
-    """One prompt on several providers, side by side (a sweep of one prompt)."""
-    return sweep([prompt], providers=list(providers), **spec)
+    """One prompt on several providers, side by side (a sweep of one prompt, queued at interactive
+    priority: it is one person's question, not a batch)."""
+    return sweep([prompt], providers=list(providers), **{"priority": INTERACTIVE, **spec})
 
 
 def history(limit: int = 50, **filters: Any) -> Gallery:

@@ -549,7 +549,7 @@ async def test_a_claim_carrying_no_result_commits_asynchronously_and_one_carryin
     first, second = await sql_insert(db, "a"), await sql_insert(db, "b")
     assert await db.fetchval("show synchronous_commit") == "on"
     async with db.transaction():
-        claimed = await db.fetch(q("claim_next"), "w1", 1, 30.0, None)
+        claimed = await db.fetch(q("claim_next"), "w1", 1, 30.0, None, 32767)
         assert [r["id"] for r in claimed] == [first]
         assert await db.fetchval("show synchronous_commit") == "off"
     assert await db.fetchval("show synchronous_commit") == "on"  # for that transaction only

@@ -406,7 +406,7 @@ async def test_claim_queries_use_the_partial_pending_index(db: asyncpg.Connectio
     await db.execute("analyze imagen.jobs")
     plan = "\n".join(r[0] for r in await db.fetch("explain " + q("claim_jobs"), "w1", 10, 30.0, None, [], [], [], []))
     assert "jobs_pending_idx" in plan, plan
-    plan = "\n".join(r[0] for r in await db.fetch("explain " + q("claim_next"), "w1", 10, 30.0, None))
+    plan = "\n".join(r[0] for r in await db.fetch("explain " + q("claim_next"), "w1", 10, 30.0, None, 32767))
     assert "jobs_pending_idx" in plan, plan
 
 

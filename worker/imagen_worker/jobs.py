@@ -70,10 +70,17 @@ class Job:
     max_attempts: int
     created_at: datetime
     provider_job_id: str | None
+    # The job's place in its owner's turn within its priority (fair share, ADR 0007).
+    vtime: int = 0
+    # The claim already took the provider's token and slot for this job (imagen.claim_within_limits).
+    slot_reserved: bool = False
 
     @classmethod
     def from_record(cls, r: asyncpg.Record) -> Job:
-        return cls(**{f: r[f] for f in cls.__dataclass_fields__})
+        return cls(**{f: r[f] for f in _CLAIMED_FIELDS}, slot_reserved=bool(r.get("slot_reserved")))
+
+
+_CLAIMED_FIELDS = tuple(f for f in Job.__dataclass_fields__ if f != "slot_reserved")
 
 
 async def submit_job(

@@ -258,9 +258,18 @@ class ProviderLimiter:
         self._env_limits = {}
 
     @asynccontextmanager
-    async def slot(self, provider: str, job_id: uuid.UUID, holder: str) -> AsyncIterator[None]:
+    async def slot(
+        self, provider: str, job_id: uuid.UUID, holder: str, *, reserved: bool = False
+    ) -> AsyncIterator[None]:
         """Hold one of `provider`'s call slots (and spend a token) for the block. `holder` is the job's
-        `locked_by`: the slot lives only while that worker holds the job's lease."""
+        `locked_by`: the slot lives only while that worker holds the job's lease. `reserved`: the claim
+        already took them (imagen.claim_within_limits, ADR 0007); the block only releases the slot."""
+        if reserved:
+            try:
+                yield
+            finally:
+                await asyncio.shield(self._release(provider, job_id, holder))
+            return
         if await self.limit(provider) is None:
             yield
             return
@@ -331,4 +340,6 @@ def provider_limiter(worker: Worker) -> ProviderLimiter:
 def provider_slot(ctx: JobContext, provider: str | None = None) -> AbstractAsyncContextManager[None]:
     """The slot the job in `ctx` holds while it calls its provider; a no-op for unlimited providers."""
     worker = ctx.worker
-    return provider_limiter(worker).slot(provider or ctx.job.provider, ctx.job.id, worker.config.worker_id)
+    return provider_limiter(worker).slot(
+        provider or ctx.job.provider, ctx.job.id, worker.config.worker_id, reserved=ctx.job.slot_reserved
+    )

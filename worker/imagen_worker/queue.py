@@ -43,6 +43,11 @@ SIGNALLED_EVENT_KINDS = ("webhook",)
 # Finished jobs written per statement, and how long the flusher leaves them for a claim to carry.
 MAX_COMPLETIONS = 500
 FLUSH_DEFER_SECONDS = 0.05
+# How often the worker asks whether any provider has limits: while one has, claims go through
+# imagen.claim_within_limits (ADR 0007), so a limit set with `imagen limits set` shapes claims within this.
+LIMITS_CHECK_SECONDS = 5.0
+# claim_next's bound on priority when any job may be claimed (jobs.priority is a smallint).
+ANY_PRIORITY = 32767
 
 # What a lost or restarting database raises; the runtime waits and reconnects on these.
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
@@ -223,6 +228,7 @@ class Worker:
         self._kick = asyncio.Event()
         self._due_gen = 0
         self._empty_gen = -1
+        self._ahead_gen = -1
         self._idle_until: tuple[int, float] | None = None
         self._reserved = 0
         self._claims: set[asyncio.Task[None]] = set()
@@ -230,7 +236,7 @@ class Worker:
         self._claim_batch = max(1, -(-self._capacity // MAX_CLAIMS_IN_FLIGHT))
         self._stopping = asyncio.Event()
         self._running: dict[uuid.UUID, _Running] = {}
-        self._ready: dict[uuid.UUID, Job] = {}  # prefetched: claimed, waiting for a slot (insertion order)
+        self._ready: dict[uuid.UUID, Job] = {}  # prefetched: claimed, waiting for a slot (started by priority)
         self._completions: list[tuple[Job, JobResult]] = []
         self._flush_wanted = asyncio.Event()
         self._flush_idle = asyncio.Event()
@@ -240,6 +246,13 @@ class Worker:
         self._background: list[asyncio.Task[None]] = []
         self._event_waiters: dict[tuple[uuid.UUID, str], asyncio.Event] = {}
         self._owner = self.config.owner_user_id if self.config.scope == "owner" else None
+        # Provider limits (ADR 0007): whether any provider has some (asked every LIMITS_CHECK_SECONDS),
+        # the limited providers the last claim could not start, and when the first gets a token.
+        self._limits_active = False
+        self._limits_checked: float | None = None
+        self._limits_lock = asyncio.Lock()
+        self._blocked: list[str] = []
+        self._blocked_until: float | None = None
         self.stats = {"claimed": 0, "done": 0, "failed": 0, "retried": 0, "cancelled": 0, "released": 0}
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -433,6 +446,14 @@ class Worker:
             if not empty and free >= wanted and len(self._claims) < MAX_CLAIMS_IN_FLIGHT:
                 self._start_claim(min(free, self._claim_batch))
                 continue
+            if not empty and free <= 0 and self._ready and not self._claims and self._ahead_gen != self._due_gen:
+                # Full, with jobs claimed ahead: new work may be more urgent than all of them (a click
+                # during a sweep). Claim one such job now, past the prefetch bound, so it starts at the
+                # next free slot instead of queueing behind jobs claimed before it (ADR 0007).
+                self._ahead_gen = self._due_gen
+                if not self._limits_active:
+                    self._start_claim(1, ahead_of=min(j.priority for j in self._ready.values()) - 1)
+                    continue
             timeout = None
             if empty and not self._claims:
                 timeout = await self._idle_timeout()
@@ -441,14 +462,20 @@ class Worker:
             except TimeoutError:
                 self._due()  # the safety poll, or a scheduled job's run_at
 
-    def _start_claim(self, n: int) -> None:
+    def _start_claim(self, n: int, ahead_of: int | None = None) -> None:
         self._reserved += n
-        self._claims.add(asyncio.create_task(self._claim(n, self._due_gen)))
+        self._claims.add(asyncio.create_task(self._claim(n, self._due_gen, ahead_of)))
 
-    async def _claim(self, n: int, gen: int) -> None:
+    async def _claim(self, n: int, gen: int, ahead_of: int | None = None) -> None:
+        """Claim up to n jobs (only of a priority up to `ahead_of`, when given) and start or keep them."""
         try:
             try:
-                rows = await self._cycle(n)
+                if ahead_of is None:
+                    rows = await self._cycle(n)
+                else:
+                    rows = await self.pool.fetch(
+                        q("claim_next"), self.config.worker_id, n, self.config.lease_seconds, self._owner, ahead_of
+                    )
             except CONNECTION_ERRORS as exc:
                 log.warning("claim failed (%s); retrying", type(exc).__name__)
                 self._empty_gen = gen
@@ -471,7 +498,7 @@ class Worker:
                 else:
                     self._ready[job.id] = job
             self.stats["claimed"] += len(rows)
-            if len(rows) < n and gen == self._due_gen:
+            if len(rows) < n and gen == self._due_gen and ahead_of is None:
                 self._empty_gen = gen
         finally:
             # Wake the dispatcher last: the handlers just started run their first steps ahead of its
@@ -485,13 +512,51 @@ class Worker:
     async def _cycle(self, n: int) -> list[asyncpg.Record]:
         """One statement: write the finished jobs waiting to be written and claim up to n
         (claim_jobs, committed synchronously), or, with none to write, claim alone (claim_next).
-        On a connection error the finished jobs go back to wait for the next cycle."""
+        While a provider has limits, the finished jobs are written first and the claim is
+        claim_within_limits. On a connection error the finished jobs go back to wait for the next cycle."""
+        if n > 0 and await self._limited():
+            if self._completions:
+                await self._write(0)
+            return await self._claim_within_limits(n)
+        return await self._write(n)
+
+    async def _limited(self) -> bool:
+        """Whether any provider has limits, from a cache refreshed every LIMITS_CHECK_SECONDS. A login that
+        cannot see imagen.provider_limits (a user's own worker, ADR 0008) is bound by none."""
+        if self._limits_stale():
+            async with self._limits_lock:  # two claims in flight ask once, and both get the answer
+                if self._limits_stale():
+                    try:
+                        self._limits_active = bool(await self.pool.fetchval(q("limits_exist")))
+                    except asyncpg.InsufficientPrivilegeError:
+                        self._limits_active = False
+                    self._limits_checked = time.monotonic()
+                    if not self._limits_active:
+                        self._blocked, self._blocked_until = [], None
+        return self._limits_active
+
+    def _limits_stale(self) -> bool:
+        return self._limits_checked is None or time.monotonic() - self._limits_checked >= LIMITS_CHECK_SECONDS
+
+    async def _claim_within_limits(self, n: int) -> list[asyncpg.Record]:
+        rows = await self.pool.fetch(
+            q("claim_within_limits"), self.config.worker_id, n, self.config.lease_seconds, self._owner
+        )
+        meta = rows[-1]
+        self._blocked = list(meta["blocked"] or [])
+        next_at = meta["next_at"]
+        self._blocked_until = (
+            None if next_at is None else time.monotonic() + max(0.0, next_at.timestamp() - time.time())
+        )
+        return [r for r in rows if r["claimed"]]
+
+    async def _write(self, n: int) -> list[asyncpg.Record]:
         batch, self._completions = self._completions[:MAX_COMPLETIONS], self._completions[MAX_COMPLETIONS:]
         if not batch:
             # Nothing to carry (an idle worker woken by a NOTIFY, or a drain that outruns its
             # handlers): the lean statement, committed asynchronously (ADR 0005).
             return await self.pool.fetch(
-                q("claim_next"), self.config.worker_id, n, self.config.lease_seconds, self._owner
+                q("claim_next"), self.config.worker_id, n, self.config.lease_seconds, self._owner, ANY_PRIORITY
             )
         ids = [job.id for job, _ in batch]
         costs = [res.cost_usd for _, res in batch]
@@ -550,7 +615,9 @@ class Worker:
         gen = self._due_gen
         if self._idle_until is None or self._idle_until[0] != gen:
             try:
-                due = await self.pool.fetchval(q("next_run_at"), self._owner)
+                # Jobs of providers the last claim found without capacity do not count: they wait for
+                # a token (blocked_until) or a freed slot (announced on imagen_jobs), not for run_at.
+                due = await self.pool.fetchval(q("next_run_at"), self._owner, self._blocked)
             except CONNECTION_ERRORS:
                 due = None
                 wait = self.config.reconnect_cap_seconds
@@ -558,6 +625,8 @@ class Worker:
                 wait = self.config.poll_interval
                 if due is not None:
                     wait = min(wait, max(0.01, float(due.timestamp()) - time.time()))
+                if self._blocked_until is not None:
+                    wait = min(wait, max(0.01, self._blocked_until - time.monotonic()))
             self._idle_until = (gen, time.monotonic() + wait)
         return max(0.0, self._idle_until[1] - time.monotonic())
 
@@ -602,8 +671,9 @@ class Worker:
         if keep_lease and running is not None:
             self._awaiting_flush[job_id] = running.job
         if self._ready and not self._stopping.is_set():
-            first = next(iter(self._ready))
-            self._start(self._ready.pop(first))
+            # The first in claim order: a job claimed later may come before jobs claimed ahead of it.
+            first = min(self._ready.values(), key=lambda j: (j.priority, j.vtime))
+            self._start(self._ready.pop(first.id))
         self._kick.set()
 
     async def _fail(self, ctx: JobContext, exc: BaseException) -> None:

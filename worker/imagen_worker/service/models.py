@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..errors import InvalidField, InvalidJSON, PayloadTooLarge, UnknownField
+from ..scheduling import MAX_PRIORITY, MIN_PRIORITY
 from ..spec import ImagePromptSpec
 
 MAX_BODY_BYTES = 1024 * 1024
@@ -45,7 +46,7 @@ class JobCreate(BaseModel):
     node_id: str | None = Field(default=None, min_length=1, max_length=200)
     group_id: uuid.UUID | None = None
     # 0–99 interactive, 100–199 batch (imagen_worker.scheduling); unset: the transport's default.
-    priority: int | None = Field(default=None, ge=0, le=199)
+    priority: int | None = Field(default=None, ge=MIN_PRIORITY, le=MAX_PRIORITY)
     max_attempts: int = Field(default=3, ge=1, le=10)
 
     def spec_data(self) -> dict[str, Any]:

@@ -11,9 +11,14 @@ select provider, max_concurrent, requests_per_minute, burst
 select granted, holds_slot, wait_seconds from imagen.acquire_provider_slot($1, $2, $3)
 
 -- name: release_slot
--- $1 provider, $2 job id, $3 worker id.
-delete from imagen.provider_slots
- where provider = $1 and job_id = $2 and worker_id = $3
+-- $1 provider, $2 job id, $3 worker id. A freed slot is announced on imagen_jobs (the provider's
+-- name), so workers whose claims found the provider full claim again (ADR 0007).
+with freed as (
+  delete from imagen.provider_slots
+   where provider = $1 and job_id = $2 and worker_id = $3
+  returning provider
+)
+select pg_notify('imagen_jobs', provider) from freed
 
 -- name: set_limit
 -- $1 provider; $2 max_concurrent, $3 requests_per_minute, $4 burst: null leaves the stored value

@@ -9,7 +9,8 @@
 -- $5 finished job ids, $6 their costs (null where unknown), $7 their image ids (null: none),
 -- $8 jsonb images rows (one per job at most; owner taken from the job).
 -- Finished jobs this worker no longer holds (cancelled, reaped) are skipped, and so are their
--- images. Claims pick pending jobs in (priority, run_at) order, skipping rows others hold.
+-- images. Claims pick pending jobs in (priority, vtime) order (fair share across owners, ADR 0007),
+-- skipping rows others hold.
 -- Returns the claimed jobs (claimed = true) and the ids written as done (claimed = false).
 -- It commits with the session's synchronous_commit, so a written `done` is durable when the worker
 -- learns of it; a cycle with nothing to write is claim_next, committed asynchronously (ADR 0005).
@@ -53,26 +54,27 @@ claimed as (
             where p.status = 'pending'
               and p.run_at <= now()
               and ($4::uuid is null or p.owner_user_id = $4::uuid)
-            order by p.priority, p.run_at
+            order by p.priority, p.vtime
             for update skip locked
             limit $2)
   returning j.id, j.owner_user_id, j.canvas_id, j.node_id, j.provider, j.model, j.prompt, j.spec,
-            j.priority, j.run_at, j.attempts, j.max_attempts, j.created_at, j.provider_job_id
+            j.priority, j.run_at, j.attempts, j.max_attempts, j.created_at, j.provider_job_id, j.vtime
 )
 -- UPDATE ... RETURNING has no order: sort, so a prefetching worker starts jobs in claim order.
 select *
   from (select true as claimed, c.* from claimed c
         union all
-        select false, d.id, null, null, null, null, null, null, null, null, null, null, null, null, null
+        select false, d.id, null, null, null, null, null, null, null, null, null, null, null, null, null, null
           from done d) r
- order by r.claimed desc, r.priority, r.run_at
+ order by r.claimed desc, r.priority, r.vtime
 
 -- name: claim_next
 -- A cycle with no finished job to carry: claim up to n pending jobs, committed asynchronously
 -- (ADR 0005: a claim lost to a Postgres crash returns its job to pending, like an expired lease).
--- $1 worker id, $2 how many, $3 lease seconds, $4 owner (null: any owner). The same rows, in the
--- same order, as claim_jobs' claimed rows: its `claimed` part, kept in step with it by hand (a
--- lean statement of its own saves ~0.1 ms on the pickup path, ADR 0005).
+-- $1 worker id, $2 how many, $3 lease seconds, $4 owner (null: any owner), $5 only jobs of a
+-- priority up to this (32767: any; a full worker's claim of one job ahead of those it prefetched,
+-- ADR 0007). The same rows, in the same order, as claim_jobs' claimed rows: its `claimed` part, kept
+-- in step with it by hand (a lean statement of its own saves ~0.1 ms on the pickup path, ADR 0005).
 with claimed as (
   update imagen.jobs j
      set status = 'running',
@@ -87,22 +89,36 @@ with claimed as (
             where p.status = 'pending'
               and p.run_at <= now()
               and ($4::uuid is null or p.owner_user_id = $4::uuid)
-            order by p.priority, p.run_at
+              and p.priority <= $5::smallint
+            order by p.priority, p.vtime
             for update skip locked
             limit $2)
   returning j.id, j.owner_user_id, j.canvas_id, j.node_id, j.provider, j.model, j.prompt, j.spec,
-            j.priority, j.run_at, j.attempts, j.max_attempts, j.created_at, j.provider_job_id
+            j.priority, j.run_at, j.attempts, j.max_attempts, j.created_at, j.provider_job_id, j.vtime
 )
 select true as claimed, c.*
   from claimed c
- order by c.priority, c.run_at
+ order by c.priority, c.vtime
 
 -- name: next_run_at
--- When the earliest pending job becomes due (null: none pending). $1 owner or null.
+-- When the earliest pending job becomes due (null: none pending). $1 owner or null, $2 providers to
+-- leave out (limited ones without capacity now: their jobs wait for capacity, not for run_at).
 select min(run_at)
   from imagen.jobs
  where status = 'pending'
    and ($1::uuid is null or owner_user_id = $1::uuid)
+   and provider <> all($2::text[])
+
+-- name: limits_exist
+-- Whether any provider has a limit (the worker then claims through claim_within_limits, ADR 0007).
+select exists (select 1 from imagen.provider_limits
+                where max_concurrent is not null or requests_per_minute is not null)
+
+-- name: claim_within_limits
+-- A claim that takes a limited provider's job only with a free slot and a token, reserving them
+-- (migration 0010). $1 worker id, $2 how many, $3 lease seconds, $4 owner or null. The claimed rows,
+-- then one row (claimed = false) with the providers it could not start and their next token's time.
+select * from imagen.claim_within_limits($1, $2, $3, $4)
 
 -- name: renew_leases
 -- Heartbeat: extend the leases this worker still holds; ids missing from the result were lost
