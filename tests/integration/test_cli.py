@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import subprocess
 import time
@@ -126,3 +127,37 @@ def test_worker_refuses_to_start_with_malformed_limits_or_prices(cli_env: dict[s
         timeout=60,
     )
     assert bad_prices.returncode != 0 and str(prices) in bad_prices.stderr
+
+
+def test_cli_reads_go_through_the_service_in_the_rest_api_shapes(cli_env: dict[str, str]) -> None:
+    """`imagen jobs`, `imagen providers` and `imagen workers` are transports over imagen_worker.service:
+    one owner's jobs under RLS, in the JSON a REST client gets, and the provider table that says why a
+    provider cannot run."""
+    env = {k: v for k, v in cli_env.items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL")}
+    mine = subprocess.run([*IMAGEN, "submit", "--json", "mine"], env=env, capture_output=True, text=True, timeout=60)
+    assert mine.returncode == 0, mine.stderr
+    submitted = json.loads(mine.stdout)
+
+    async def theirs() -> None:
+        conn = await asyncpg.connect(env["IMAGEN_DATABASE_URL"])
+        try:
+            await conn.execute("insert into imagen.jobs (owner_user_id, prompt) values ($1, 'theirs')", uuid.uuid4())
+        finally:
+            await conn.close()
+
+    asyncio.run(theirs())
+    out = subprocess.run([*IMAGEN, "jobs", "--json"], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    listed = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [j["id"] for j in listed] == [submitted["id"]], "another owner's job was listed"
+    assert set(listed[0]) == set(submitted), "not the shape POST jobs and submit --json give"
+    assert "waiting_for_worker" in listed[0] and "image" in listed[0]
+
+    table = subprocess.run([*IMAGEN, "providers", "--json"], env=env, capture_output=True, text=True, timeout=60)
+    assert table.returncode == 0, table.stderr
+    by_name = {p["name"]: p for p in json.loads(table.stdout)["providers"]}
+    assert by_name["local"]["available"] is True
+    assert by_name["openai"]["available"] is False and "OPENAI_API_KEY" in by_name["openai"]["reason"]
+
+    workers = subprocess.run([*IMAGEN, "workers"], env=env, capture_output=True, text=True, timeout=60)
+    assert workers.returncode == 0 and "no live worker" in workers.stdout

@@ -262,8 +262,10 @@ async def test_jobs_stats_json_reports_counts_percentiles_and_cost_by_provider_m
     db: asyncpg.Connection, cli_env: dict[str, str]
 ) -> None:
     await seed(db, datetime.now(UTC))
+    # The report is an owner's (through the service, under RLS): this login's own owner has no jobs.
+    assert stats(cli_env)["jobs"] == 0
 
-    recent = stats(cli_env, "--since", "1h")
+    recent = stats(cli_env, "--owner", str(OWNER), "--since", "1h")
     assert recent["jobs"] == 9
     assert recent["counts"] == {"pending": 2, "running": 1, "done": 5, "failed": 1, "cancelled": 0}
     # percentile_cont over run times 1, 2, 3, 4, 10: p50 3, p95 4 + 0.8 * 6.
@@ -280,7 +282,7 @@ async def test_jobs_stats_json_reports_counts_percentiles_and_cost_by_provider_m
     local = by_model[("local", "local-v1")]
     assert (local["jobs"], local["cost_usd"], local["unpriced_done"]) == (4, 0.0, 1)
 
-    everything = stats(cli_env)
+    everything = stats(cli_env, "--all-owners")
     assert everything["since"] is None
     assert everything["jobs"] == 11
     assert everything["counts"]["cancelled"] == 1
@@ -288,7 +290,11 @@ async def test_jobs_stats_json_reports_counts_percentiles_and_cost_by_provider_m
     assert everything["run_seconds"]["n"] == 6
 
     text = subprocess.run(
-        [*IMAGEN, "jobs", "--stats", "--since", "1h"], env=cli_env, capture_output=True, text=True, timeout=60
+        [*IMAGEN, "jobs", "--stats", "--all-owners", "--since", "1h"],
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert text.returncode == 0, text.stderr
     assert "p95 8.80 s" in text.stdout

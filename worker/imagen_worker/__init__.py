@@ -18,7 +18,7 @@ from .errors import (
     StorageRejected,
     StorageUnavailable,
 )
-from .jobs import Job, default_owner_id, get_job, hub_owner_id, list_jobs, local_owner_id, submit_job
+from .jobs import Job, default_owner_id, hub_owner_id, local_owner_id, submit_job
 from .queue import ImageRecord, JobContext, JobResult, Worker, WorkerConfig
 from .spec import ImagePromptSpec, parse_spec
 
@@ -49,9 +49,7 @@ __all__ = [
     "connect",
     "create_pool",
     "default_owner_id",
-    "get_job",
     "hub_owner_id",
-    "list_jobs",
     "local_owner_id",
     "parse_spec",
     "resolve_database_url",

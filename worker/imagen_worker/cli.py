@@ -22,7 +22,7 @@ from . import __version__
 from .config import Settings
 from .db import connect, create_pool, resolve_database_url
 from .errors import ImagenError
-from .jobs import default_owner_id, list_jobs
+from .jobs import default_owner_id
 from .migrate import migrate as run_migrations
 from .queue import Worker, WorkerConfig
 from .scheduling import BATCH
@@ -272,16 +272,22 @@ def _job_body(prompt: str, kw: dict[str, Any]) -> tuple[uuid.UUID, str | None, d
 
 
 @asynccontextmanager
-async def _service(database_url: str | None, settings: Settings) -> AsyncIterator[tuple[str, Service]]:
-    """The service layer on a small pool (the CLI is one more transport over it)."""
+async def _service(
+    database_url: str | None, settings: Settings, **config: Any
+) -> AsyncIterator[tuple[str, Service]]:
+    """The service layer on a small pool (the CLI is one more transport over it); `config` overrides
+    ServiceConfig's settings."""
     from .service import login_owner
     from .storage import storage_from_settings
 
     url = resolve_database_url(database_url, settings)
     pool = await create_pool(url, min_size=1, max_size=2)
     try:
-        config = ServiceConfig.from_env(sign_urls=False)
-        yield url, Service(pool, storage_from_settings(settings), config=config, login_owner=await login_owner(pool))
+        service_config = ServiceConfig.from_env(sign_urls=False, **config)
+        yield (
+            url,
+            Service(pool, storage_from_settings(settings), config=service_config, login_owner=await login_owner(pool)),
+        )
     finally:
         await pool.close()
 
@@ -433,9 +439,12 @@ def _echo_stats(report: dict[str, Any]) -> None:
 @main.command()
 @database_url_option
 @click.option("--status", type=click.Choice(["pending", "running", "done", "failed", "cancelled"]), default=None)
-@click.option("--owner", default=None, help="Only this owner's jobs.")
+@click.option("--provider", default=None, help="Only this provider's jobs.")
+@click.option("--owner", default=None, help="Whose jobs (default: this login's owner id).")
 @click.option("--limit", type=click.IntRange(1, 10000), default=50, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per line (with --stats: one JSON object).")
+@click.option(
+    "--json", "as_json", is_flag=True, help="One job per line, as the REST API gives it (with --stats: one object)."
+)
 @click.option(
     "--stats",
     is_flag=True,
@@ -447,48 +456,64 @@ def _echo_stats(report: dict[str, Any]) -> None:
     metavar="WHEN",
     help="With --stats: only jobs created since WHEN, a duration back from now (30m, 12h, 7d) or an ISO time.",
 )
+@click.option(
+    "--all-owners",
+    is_flag=True,
+    help="With --stats: every owner the database login can see (an operator's report of a shared pool).",
+)
 def jobs(
     database_url: str | None,
     status: str | None,
+    provider: str | None,
     owner: str | None,
     limit: int,
     as_json: bool,
     stats: bool,
     since: str | None,
+    all_owners: bool,
 ) -> None:
-    """List recent jobs, newest first; or, with --stats, usage and cost."""
+    """List an owner's recent jobs, newest first; or, with --stats, usage and cost."""
     if since is not None and not stats:
         raise click.UsageError("--since goes with --stats")
-    if stats and status is not None:
-        raise click.UsageError("--stats counts every status; leave out --status")
+    if all_owners and not stats:
+        raise click.UsageError("--all-owners goes with --stats; the list is one owner's (--owner)")
+    if stats and (status is not None or provider is not None):
+        raise click.UsageError("--stats counts every status and provider; leave out --status and --provider")
     since_at = _parse_since(since) if since is not None else None
-    owner_id = _owner(owner) if owner else None
+    owner_id = _owner(owner)
 
     async def go_stats() -> None:
-        from .pricing import usage_report
-
-        conn = await connect(database_url)
-        try:
-            report = await usage_report(conn, since=since_at, owner_user_id=owner_id)
-        finally:
-            await conn.close()
+        async with _service(database_url, Settings.from_env()) as (_, service):
+            query = {"since": since_at.isoformat()} if since_at is not None else {}
+            who = None if all_owners else (service.login_owner or owner_id)
+            report = await service.stats(who, query)
         if as_json:
             click.echo(json.dumps(report))
         else:
             _echo_stats(report)
 
     async def go_list() -> None:
-        conn = await connect(database_url)
-        try:
-            rows = await list_jobs(conn, status=status, owner_user_id=owner_id, limit=limit)
-        finally:
-            await conn.close()
-        for r in rows:
+        query = {k: v for k, v in {"status": status, "provider": provider}.items() if v is not None}
+        found: list[dict[str, Any]] = []
+        async with _service(database_url, Settings.from_env()) as (_, service):
+            cursor = None
+            while len(found) < limit:
+                page = await service.list_jobs(
+                    service.login_owner or owner_id,
+                    {**query, "limit": str(min(500, limit - len(found))), **({"cursor": cursor} if cursor else {})},
+                )
+                found += page["jobs"]
+                cursor = page["next_cursor"]
+                if cursor is None:
+                    break
+        for job in found:
             if as_json:
-                click.echo(json.dumps(r))
+                click.echo(json.dumps(job))
             else:
-                err = f"  {r['error']}" if r["error"] else ""
-                click.echo(f"{r['id']}  {r['status']:<9}  {r['provider']}/{r['model']}  {r['prompt'][:50]!r}{err}")
+                err = f"  {job['error']}" if job["error"] else ""
+                click.echo(
+                    f"{job['id']}  {job['status']:<9}  {job['provider']}/{job['model']}  {job['prompt'][:50]!r}{err}"
+                )
 
     _run(go_stats if stats else go_list)
 
@@ -511,7 +536,7 @@ def cancel(database_url: str | None, owner: str | None, job_id: uuid.UUID) -> No
 
 @main.command()
 @database_url_option
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line, as `GET health` lists them.")
 @click.option(
     "--stale-seconds",
     type=click.FloatRange(min=1),
@@ -521,49 +546,53 @@ def cancel(database_url: str | None, owner: str | None, job_id: uuid.UUID) -> No
     help="A worker silent this long is not live [env IMAGEN_WORKER_STALE_SECONDS].",
 )
 def workers(database_url: str | None, as_json: bool, stale_seconds: float) -> None:
-    """The live workers: host, pid, scope, the providers each can run, when it started and last beat."""
-    from .queries import queries
+    """The live workers this login's jobs can run on (the shared pool and its own): host, pid, scope,
+    the providers each can run, when it started and last beat."""
+    owner_id = _owner(None)
 
     async def go() -> None:
-        conn = await connect(database_url)
-        try:
-            rows = await conn.fetch(queries("workers.sql")["live_workers"], stale_seconds)
-        finally:
-            await conn.close()
+        async with _service(database_url, Settings.from_env(), worker_stale_seconds=stale_seconds) as (_, service):
+            rows = await service.live_workers(service.login_owner or owner_id)
         if not rows:
             click.echo("no live worker: jobs wait until one starts (`imagen worker`)")
         for r in rows:
             if as_json:
-                click.echo(json.dumps({k: (str(v) if not isinstance(v, int | list) else v) for k, v in r.items()}))
+                click.echo(json.dumps(r))
             else:
                 owner = f" owner={r['owner_user_id']}" if r["owner_user_id"] else ""
                 click.echo(
                     f"{r['id']}  {r['scope']}{owner}  concurrency={r['concurrency']}  "
-                    f"providers={','.join(r['providers']) or '-'}  started={r['started_at']:%Y-%m-%d %H:%M:%S}  "
-                    f"last_seen={r['last_seen_at']:%H:%M:%S}"
+                    f"providers={','.join(r['providers']) or '-'}  started={r['started_at']}  "
+                    f"last_seen={r['last_seen_at']}"
                 )
 
     _run(go)
 
 
 @main.command()
-@click.option("--json", "as_json", is_flag=True)
-def providers(as_json: bool) -> None:
-    """The providers, their models and what each accepts."""
-    from .providers import ProviderRegistry
+@database_url_option
+@click.option("--json", "as_json", is_flag=True, help="The table as `GET providers` gives it.")
+def providers(database_url: str | None, as_json: bool) -> None:
+    """The providers, their models and what each accepts; whether each can run here now, and why not."""
+    owner_id = _owner(None)
 
-    registry = ProviderRegistry()
-    table = {name: {m: c.as_dict() for m, c in registry.get(name).models.items()} for name in registry.names()}
-    if as_json:
-        click.echo(json.dumps(table, indent=2))
-        return
-    for name, models in table.items():
-        for model, caps in models.items():
-            click.echo(
-                f"{name}/{model}: sizes={caps['sizes'] or 'any'} aspect_ratios={caps['aspect_ratios'] or 'any'} "
-                f"qualities={caps['qualities'] or '-'} seed={caps['seed']} negative_prompt={caps['negative_prompt']} "
-                f"edit={caps['edit']}"
-            )
+    async def go() -> None:
+        async with _service(database_url, Settings.from_env()) as (_, service):
+            table = await service.providers_table(service.login_owner or owner_id)
+        if as_json:
+            click.echo(json.dumps(table, indent=2))
+            return
+        for entry in table["providers"]:
+            state = "available" if entry["available"] else f"unavailable: {entry['reason']}"
+            click.echo(f"{entry['name']} ({state}; live workers: {entry['live_workers']})")
+            for caps in entry["models"]:
+                click.echo(
+                    f"  {caps['model']}: sizes={caps['sizes'] or 'any'} aspect_ratios={caps['aspect_ratios'] or 'any'} "
+                    f"qualities={caps['qualities'] or '-'} seed={caps['seed']} "
+                    f"negative_prompt={caps['negative_prompt']} edit={caps['edit']}"
+                )
+
+    _run(go)
 
 
 @main.group("users")

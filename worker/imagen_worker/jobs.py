@@ -1,4 +1,5 @@
-"""Queueing, reading and cancelling jobs: what the CLI, the server extension and notebooks call."""
+"""Owner ids, the claimed Job, and the queue's own insert (`submit_job`: no pending cap, no RLS; for workers
+of other handlers and for tests). What users ask for goes through imagen_worker.service."""
 
 from __future__ import annotations
 
@@ -8,12 +9,11 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import Decimal
 from typing import Any
 
 import asyncpg
 
-from .errors import ConfigError, JobNotFound
+from .errors import ConfigError
 from .queries import q
 from .spec import ImagePromptSpec
 
@@ -116,33 +116,3 @@ async def submit_job(
         job_id = await conn.fetchval(q("job_by_idempotency_key"), owner_user_id, idempotency_key)
     assert isinstance(job_id, uuid.UUID)
     return job_id
-
-
-async def get_job(conn: asyncpg.Connection | asyncpg.Pool, job_id: uuid.UUID) -> dict[str, Any]:
-    row = await conn.fetchrow(q("get_job"), job_id)
-    if row is None:
-        raise JobNotFound(f"job {job_id} not found")
-    return _plain(row)
-
-
-async def list_jobs(
-    conn: asyncpg.Connection | asyncpg.Pool,
-    *,
-    status: str | None = None,
-    owner_user_id: uuid.UUID | None = None,
-    limit: int = 50,
-) -> list[dict[str, Any]]:
-    return [_plain(r) for r in await conn.fetch(q("list_jobs"), status, owner_user_id, limit)]
-
-
-def _plain(row: asyncpg.Record) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in row.items():
-        if isinstance(value, uuid.UUID):
-            value = str(value)
-        elif isinstance(value, datetime):
-            value = value.isoformat()
-        elif isinstance(value, Decimal):
-            value = float(value)
-        out[key] = value
-    return out

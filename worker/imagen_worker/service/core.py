@@ -542,7 +542,10 @@ class Service:
             table.append(entry)
         return {"default_provider": self.config.default_provider, "providers": table}
 
-    async def stats(self, owner: uuid.UUID, query: Mapping[str, str] | None = None) -> dict[str, Any]:
+    async def stats(self, owner: uuid.UUID | None, query: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """Counts, durations and cost of the owner's jobs; `owner` None: of every owner the pool's own
+        login can see (an operator's report, `imagen jobs --stats --all-owners`; a user's own login
+        still sees only its own rows)."""
         from ..pricing import usage_report
 
         since_raw = query_str(query or {}, "since", max_length=40)
@@ -553,7 +556,7 @@ class Service:
             except ValueError:
                 raise InvalidField(f"since: {since_raw!r} is not an ISO 8601 time", field="since") from None
             since = since if since.tzinfo else since.replace(tzinfo=UTC)
-        async with self.transaction(owner) as conn:
+        async with self.transaction(owner) if owner is not None else as_login(self.pool) as conn:
             return await usage_report(conn, since=since, owner_user_id=owner)
 
     async def health(self, owner: uuid.UUID) -> dict[str, Any]:

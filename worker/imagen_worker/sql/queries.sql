@@ -236,22 +236,6 @@ returning id
 -- name: job_by_idempotency_key
 select id from imagen.jobs where owner_user_id = $1 and idempotency_key = $2
 
--- name: get_job
-select j.*, i.bucket as image_bucket, i.path as image_path
-  from imagen.jobs j
-  left join imagen.images i on i.id = j.image_id
- where j.id = $1
-
--- name: list_jobs
--- $1 status or null, $2 owner or null, $3 limit.
-select id, owner_user_id, provider, model, prompt, status, attempts, max_attempts, created_at,
-       started_at, completed_at, image_id, error, cost_usd
-  from imagen.jobs
- where ($1::text is null or status = $1::text)
-   and ($2::uuid is null or owner_user_id = $2::uuid)
- order by created_at desc
- limit $3
-
 -- name: cancel_job
 select imagen.cancel_job($1)
 

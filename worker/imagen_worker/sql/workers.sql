@@ -20,11 +20,3 @@ delete from imagen.workers where id = $1
 -- name: prune_workers
 -- Rows of workers that stopped beating long ago ($1 seconds): a crash left them behind.
 delete from imagen.workers where last_seen_at < now() - make_interval(secs => $1)
-
--- name: live_workers
--- The workers that beat within $1 seconds, visible to the caller (RLS: the shared pool and the
--- caller's own workers), oldest first.
-select id, host, pid, scope, owner_user_id, providers, concurrency, started_at, last_seen_at
-  from imagen.workers
- where last_seen_at >= now() - make_interval(secs => $1)
- order by started_at, id
