@@ -92,6 +92,11 @@ def config() -> WorkerConfig:
     return WorkerConfig(concurrency=8, poll_interval=0.5, lease_seconds=5)
 
 
+def one_slot() -> WorkerConfig:
+    """A worker of one slot (each call makes a new config: a config names its worker)."""
+    return WorkerConfig(concurrency=1, poll_interval=0.5, lease_seconds=5)
+
+
 async def test_max_concurrent_set_by_cli_holds_across_two_workers(
     db: asyncpg.Connection, db_url: str, cli_env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -106,28 +111,29 @@ async def test_max_concurrent_set_by_cli_holds_across_two_workers(
     assert json.loads(out.stdout)["max_concurrent"] == 2
     recorder = CallRecorder()
     factories: dict[str, Callable[[], Provider]] = {"slow": lambda: SlowProvider(recorder, 0.25)}
+    # Three workers of one slot each: together they could run three calls at once, so only a limit
+    # shared through the database keeps it at two; and two calls at once need two of them.
     async with (
-        running_worker(db_url, local_pipeline(tmp_path / "a", factories), config()),
-        running_worker(db_url, local_pipeline(tmp_path / "b", factories), config()),
+        running_worker(db_url, local_pipeline(tmp_path / "a", factories), one_slot()),
+        running_worker(db_url, local_pipeline(tmp_path / "b", factories), one_slot()),
+        running_worker(db_url, local_pipeline(tmp_path / "c", factories), one_slot()),
     ):
-        await wait_for_listeners(db, 2)
-        # Queued at once, twelve jobs are more than one worker's eight slots: the other worker, woken by
-        # the same NOTIFY, claims the rest long before a 0.25 s call frees a slot.
+        await wait_for_listeners(db, 3)
         async with db.transaction():
             ids = await submit(db, 12)
         statuses = await wait_for_status(db, ids, timeout=30)
     assert set(statuses.values()) == {"done"}
-    assert recorder.max_in_flight == 2, "more than max_concurrent calls ran at once"
-    assert len(recorder.callers) == 2, "both workers should have called the provider"
+    assert recorder.max_in_flight == 2, "not max_concurrent calls at once, across the workers"
+    assert len(recorder.callers) >= 2
     assert await db.fetchval("select count(*) from imagen.provider_slots") == 0
 
 
 # Every slot a provider call is granted, stamped with the database's clock at the grant (acquired_at).
 RECORD_GRANTS = """
-create table public.test_grants (job_id uuid not null, at timestamptz not null);
+create table public.test_grants (job_id uuid not null, worker_id text not null, at timestamptz not null);
 create function public.record_grant() returns trigger language plpgsql as $$
 begin
-  insert into public.test_grants values (new.job_id, new.acquired_at);
+  insert into public.test_grants values (new.job_id, new.worker_id, new.acquired_at);
   return new;
 end $$;
 create trigger record_grant after insert or update on imagen.provider_slots
@@ -140,20 +146,24 @@ async def test_requests_per_minute_spaces_calls_across_workers(
 ) -> None:
     # One call every 0.5 s, burst 1. The max_concurrent above the five jobs never binds: it makes each
     # grant leave a provider_slots row, so the spacing is measured where the limiter decides it, at the
-    # database, not after each grant's trip back to a worker.
+    # database, not after each grant's trip back to a worker. Each worker has one slot and a call takes
+    # 0.8 s, longer than the spacing: the worker holding the last grant is busy at the next token, so
+    # the two workers share the calls by construction.
     await set_limit(db, "slow", requests_per_minute=120, max_concurrent=5)
     await db.execute(RECORD_GRANTS)
     recorder = CallRecorder()
-    factories: dict[str, Callable[[], Provider]] = {"slow": lambda: SlowProvider(recorder, 0.0)}
+    factories: dict[str, Callable[[], Provider]] = {"slow": lambda: SlowProvider(recorder, 0.8)}
     async with (
-        running_worker(db_url, local_pipeline(tmp_path / "a", factories), config()),
-        running_worker(db_url, local_pipeline(tmp_path / "b", factories), config()),
+        running_worker(db_url, local_pipeline(tmp_path / "a", factories), one_slot()),
+        running_worker(db_url, local_pipeline(tmp_path / "b", factories), one_slot()),
     ):
+        await wait_for_listeners(db, 2)
         ids = await submit(db, 5)
         await wait_for_status(db, ids, timeout=30)
-    grants = await db.fetch("select job_id, at from public.test_grants order by at")
+    grants = await db.fetch("select job_id, worker_id, at from public.test_grants order by at")
     assert sorted(r["job_id"] for r in grants) == sorted(ids), "one grant per call"
     assert len(recorder.starts) == 5
+    assert len({r["worker_id"] for r in grants}) == 2, "both workers' calls were spaced by one bucket"
     gaps = [(b["at"] - a["at"]).total_seconds() for a, b in itertools.pairwise(grants)]
     assert min(gaps) >= 0.5 - 1e-6, f"calls granted closer than the rate allows: {gaps}"  # whole microseconds
 
@@ -213,20 +223,39 @@ async def test_slot_of_a_sigkilled_worker_is_reclaimed_when_its_lease_expires(
     assert await db.fetchval("select count(*) from imagen.provider_slots") == 0
 
 
+class BarrierProvider(SlowProvider):
+    """A provider whose calls each wait until `n` calls are in flight at once (failing after 20 s)."""
+
+    def __init__(self, recorder: CallRecorder, n: int) -> None:
+        super().__init__(recorder, 0.0)
+        self.n = n
+
+    async def generate(self, request: GenerationRequest, ctx: JobContext) -> ProviderResult:
+        self.recorder.enter(ctx.worker.config.worker_id)
+        try:
+            deadline = time.monotonic() + 20
+            while self.recorder.max_in_flight < self.n:
+                assert time.monotonic() < deadline, f"never {self.n} calls at once: the calls were throttled"
+                await asyncio.sleep(0.01)
+            return ProviderResult(GeneratedImage(draw(request.prompt, 1, 32, 32), seed=1))
+        finally:
+            self.recorder.leave()
+
+
 async def test_providers_without_limits_run_unthrottled_with_no_database_round_trip(
     db: asyncpg.Connection, db_url: str, tmp_path: Path
 ) -> None:
     await set_limit(db, "other", max_concurrent=1, requests_per_minute=1)
     recorder = CallRecorder()
-    pipeline = local_pipeline(tmp_path, {"slow": lambda: SlowProvider(recorder, 0.4)})
+    # Each call waits until all eight are in flight: throttled calls would never get there.
+    pipeline = local_pipeline(tmp_path, {"slow": lambda: BarrierProvider(recorder, 8)})
     async with running_worker(db_url, pipeline, config()) as worker:
-        started = time.monotonic()
-        ids = await submit(db, 8)
-        await wait_for_status(db, ids, timeout=30)
-        elapsed = time.monotonic() - started
+        async with db.transaction():
+            ids = await submit(db, 8)
+        statuses = await wait_for_status(db, ids, timeout=30)
         stats = dict(provider_limiter(worker).stats)
+    assert set(statuses.values()) == {"done"}
     assert recorder.max_in_flight == 8
-    assert elapsed < 8 * 0.4, "unlimited calls were serialised"
     assert stats["acquires"] == 0, "an unlimited provider's call asked the database for a slot"
     assert stats["refreshes"] == 1, "the limits cache was reloaded inside its refresh period"
 

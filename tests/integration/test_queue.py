@@ -325,14 +325,17 @@ async def test_a_stopped_handler_is_told_whether_it_timed_out_or_the_worker_is_s
 async def test_heartbeat_keeps_a_long_job_leased_against_other_workers(db: asyncpg.Connection, db_url: str) -> None:
     runs: list[tuple[uuid.UUID, int, float]] = []
 
-    async def three_seconds(ctx: JobContext) -> None:
-        await asyncio.sleep(3)
+    async def three_leases(ctx: JobContext) -> None:
+        await asyncio.sleep(6)
 
-    config = WorkerConfig(lease_seconds=1.0, poll_interval=0.2)
+    # A 2 s lease renewed every 0.67 s, for a job of three leases: a heartbeat may run 1.3 s late on a
+    # loaded machine before the other worker's reaper could take the job.
     async with (
-        running_worker(db_url, recording_handler(runs, three_seconds), config),
         running_worker(
-            db_url, recording_handler(runs, three_seconds), WorkerConfig(lease_seconds=1.0, poll_interval=0.2)
+            db_url, recording_handler(runs, three_leases), WorkerConfig(lease_seconds=2.0, poll_interval=0.2)
+        ),
+        running_worker(
+            db_url, recording_handler(runs, three_leases), WorkerConfig(lease_seconds=2.0, poll_interval=0.2)
         ),
     ):
         job_id = await sql_insert(db)
@@ -496,12 +499,17 @@ async def test_cancelling_a_prefetched_job_drops_it_before_it_starts(db: asyncpg
 
 
 async def test_shutdown_releases_prefetched_jobs_that_never_started(db: asyncpg.Connection, db_url: str) -> None:
-    async def slow(ctx: JobContext) -> None:
-        await asyncio.sleep(0.5)
+    gate = asyncio.Event()
+
+    async def held(ctx: JobContext) -> None:
+        await gate.wait()
 
     ids = [await sql_insert(db, f"job {i}") for i in range(3)]
-    async with running_worker(db_url, slow, WorkerConfig(concurrency=1, prefetch=2)):
+    async with running_worker(db_url, held, WorkerConfig(concurrency=1, prefetch=2)) as worker:
+        # The first job runs (held at the gate), the other two are claimed into the prefetch buffer.
         await wait_for_status(db, ids, ["running"])
+        worker.stop()
+        gate.set()
     rows = await db.fetch(
         "select status, attempts from imagen.jobs where id = any($1::uuid[]) order by created_at", ids
     )
