@@ -3,7 +3,7 @@
 -- 1. Fair share across owners within a priority. Every pending job carries a virtual time, `vtime`,
 --    given at insert: one past the owner's last pending job of that priority, and never behind the
 --    queue's head (the earliest due pending job of that priority). Claims take jobs in
---    (priority, vtime) order, so owners with pending work take turns: a new owner's job lands at the
+--    (priority, vtime, run_at) order, so owners with pending work take turns: a new owner's job lands at the
 --    head and is claimed in the next round, whatever another owner's backlog; one owner alone keeps
 --    FIFO order. The claim stays one walk of jobs_pending_idx; the cost moves to the insert (two
 --    index probes).
@@ -24,7 +24,7 @@ update imagen.jobs j
  where j.id = r.id;
 
 drop index imagen.jobs_pending_idx;
-create index jobs_pending_idx on imagen.jobs (priority, vtime) where status = 'pending';
+create index jobs_pending_idx on imagen.jobs (priority, vtime, run_at) where status = 'pending';
 drop index imagen.jobs_owner_pending_idx;
 create index jobs_owner_pending_idx on imagen.jobs (owner_user_id, priority, vtime) where status = 'pending';
 
@@ -162,7 +162,7 @@ begin
          and (p_owner is null or p.owner_user_id = p_owner)
          and p.provider <> all(v_blocked)
          and p.id <> all(v_ids)
-       order by p.priority, p.vtime
+       order by p.priority, p.vtime, p.run_at
          for update skip locked
        limit p_n - cardinality(v_ids)
     loop
@@ -221,7 +221,7 @@ begin
           union all
           select false, null, null, null, null, null, null, null, null, null, null, null, null, null,
                  null, null, null, v_blocked, v_next) r
-   order by r.claimed desc, r.priority, r.vtime;
+   order by r.claimed desc, r.priority, r.vtime, r.run_at;
 end
 $$;
 revoke all on function imagen.claim_within_limits(text, integer, double precision, uuid) from public;

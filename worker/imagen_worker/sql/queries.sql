@@ -9,7 +9,7 @@
 -- $5 finished job ids, $6 their costs (null where unknown), $7 their image ids (null: none),
 -- $8 jsonb images rows (one per job at most; owner taken from the job).
 -- Finished jobs this worker no longer holds (cancelled, reaped) are skipped, and so are their
--- images. Claims pick pending jobs in (priority, vtime) order (fair share across owners, ADR 0007),
+-- images. Claims pick pending jobs in (priority, vtime, run_at) order (fair share across owners, ADR 0007),
 -- skipping rows others hold.
 -- Returns the claimed jobs (claimed = true) and the ids written as done (claimed = false).
 -- It commits with the session's synchronous_commit, so a written `done` is durable when the worker
@@ -54,7 +54,7 @@ claimed as (
             where p.status = 'pending'
               and p.run_at <= now()
               and ($4::uuid is null or p.owner_user_id = $4::uuid)
-            order by p.priority, p.vtime
+            order by p.priority, p.vtime, p.run_at
             for update skip locked
             limit $2)
   returning j.id, j.owner_user_id, j.canvas_id, j.node_id, j.provider, j.model, j.prompt, j.spec,
@@ -66,7 +66,7 @@ select *
         union all
         select false, d.id, null, null, null, null, null, null, null, null, null, null, null, null, null, null
           from done d) r
- order by r.claimed desc, r.priority, r.vtime
+ order by r.claimed desc, r.priority, r.vtime, r.run_at
 
 -- name: claim_next
 -- A cycle with no finished job to carry: claim up to n pending jobs, committed asynchronously
@@ -90,7 +90,7 @@ with claimed as (
               and p.run_at <= now()
               and ($4::uuid is null or p.owner_user_id = $4::uuid)
               and p.priority <= $5::smallint
-            order by p.priority, p.vtime
+            order by p.priority, p.vtime, p.run_at
             for update skip locked
             limit $2)
   returning j.id, j.owner_user_id, j.canvas_id, j.node_id, j.provider, j.model, j.prompt, j.spec,
@@ -98,7 +98,7 @@ with claimed as (
 )
 select true as claimed, c.*
   from claimed c
- order by c.priority, c.vtime
+ order by c.priority, c.vtime, c.run_at
 
 -- name: next_run_at
 -- When the earliest pending job becomes due (null: none pending). $1 owner or null, $2 providers to
