@@ -49,7 +49,7 @@ def test_redact_removes_known_secret_values_and_secret_shapes() -> None:
     text = (
         "key stab-0123456789abcdef failed; openai sk-abcdefghijklmnop; google AIzaSyA1234567890abcdefghij; "
         "Authorization: Bearer abc.def.ghi123; url https://x/y?key=supersecret&a=1; "
-        "db postgresql://user:hunter2@db:5432/x"
+        "db postgresql://user:hunter2@db:5432/x; other postgresql://u@db/x?sslmode=require&password=pw1"
     )
     out = redact(text, env)
     for secret in (
@@ -59,6 +59,7 @@ def test_redact_removes_known_secret_values_and_secret_shapes() -> None:
         "abc.def.ghi123",
         "supersecret",
         "hunter2",
+        "pw1",
     ):
         assert secret not in out
     assert "postgresql://user:***@db:5432/x" in out

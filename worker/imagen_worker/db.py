@@ -11,6 +11,7 @@ from .config import Settings
 from .embedded import embedded_database_url
 from .errors import DatabaseError
 from .migrate import migrate
+from .redact import redact
 
 # URLs this process has migrated. No process-level lock: `migrate` takes a database advisory lock,
 # so concurrent first calls are safe (and an asyncio lock would tie this module to one event loop).
@@ -48,17 +49,7 @@ async def _open(url: str, **kwargs: Any) -> asyncpg.Connection:
     try:
         return await asyncpg.connect(url, **kwargs)
     except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
-        raise DatabaseError(f"cannot connect to the database ({_redact(url)}): {exc}") from exc
-
-
-def _redact(url: str) -> str:
-    """The URL without its password, for messages."""
-    if "@" not in url or "://" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    creds, host = rest.rsplit("@", 1)
-    user = creds.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}" if ":" in creds else url
+        raise DatabaseError(f"cannot connect to the database ({redact(url)}): {exc}") from exc
 
 
 async def connect(
@@ -89,6 +80,6 @@ async def create_pool(
     try:
         pool = await asyncpg.create_pool(resolved, min_size=min_size, max_size=max_size, init=init_connection, **kwargs)
     except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
-        raise DatabaseError(f"cannot connect to the database ({_redact(resolved)}): {exc}") from exc
+        raise DatabaseError(f"cannot connect to the database ({redact(resolved)}): {exc}") from exc
     assert pool is not None
     return pool

@@ -32,7 +32,7 @@ _PATTERNS = [
     re.compile(r"\beyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]*"),  # JWTs
     re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._\-~+/=]{8,}"),
     re.compile(r"(?i)((?:api[_-]?key|token|secret|password|authorization)\s*[=:]\s*['\"]?)[^\s'\",&]{6,}"),
-    re.compile(r"(?i)([?&](?:key|api_key|token|sig|signature)=)[^&\s]+"),
+    re.compile(r"(?i)([?&](?:key|api_key|token|sig|signature|password|sslpassword)=)[^&\s]+"),
     re.compile(r"(postgres(?:ql)?://[^:/@\s]+:)[^@\s]+(@)"),
 ]
 
