@@ -15,14 +15,16 @@ from jupyter_server.extension.application import ExtensionApp
 from jupyter_server.utils import url_path_join
 from traitlets import Bool, Enum, Float, Int, Unicode, default
 
-from imagen_worker.config import Settings
+from imagen_worker.config import Settings, _int
 from imagen_worker.db import create_pool, resolve_database_url
 from imagen_worker.embedded import release_embedded
-from imagen_worker.jobs import default_owner_id, hub_owner_id
+from imagen_worker.jobs import default_owner_id
 from imagen_worker.pipeline import ImagePipeline
 from imagen_worker.queue import Worker, WorkerConfig
+from imagen_worker.redact import caller_message
 from imagen_worker.service import EventFeed, Router, Service, ServiceConfig, login_owner
 from imagen_worker.storage import Storage, storage_from_settings
+from imagen_worker.users import login_hub_name
 from imagen_worker.webhooks import WebhookReceiver
 
 from .handlers import EventsSocket, FilesHandler, ImagenAPIHandler, WebhookHandler
@@ -86,7 +88,9 @@ class ImagenCanvasApp(ExtensionApp):
     run_worker = Bool(
         True, config=True, help="Run the job worker inside the Jupyter server [env IMAGEN_SERVER_WORKER]."
     )
-    worker_concurrency = Int(4, config=True, help="Jobs the in-process worker runs at once.")
+    worker_concurrency = Int(
+        4, config=True, help="Jobs the in-process worker runs at once [env IMAGEN_WORKER_CONCURRENCY, 4]."
+    )
     worker_scope = Enum(
         ["all", "owner"],
         "all",
@@ -129,6 +133,10 @@ class ImagenCanvasApp(ExtensionApp):
         raw = (_env("IMAGEN_SERVER_WORKER") or "true").lower()
         return raw not in ("0", "false", "no", "off")
 
+    @default("worker_concurrency")
+    def _concurrency_default(self) -> int:
+        return _int(dict(os.environ), "IMAGEN_WORKER_CONCURRENCY", 4, minimum=1)
+
     @default("worker_scope")
     def _scope_default(self) -> str:
         return _env("IMAGEN_WORKER_SCOPE") or "all"
@@ -143,7 +151,7 @@ class ImagenCanvasApp(ExtensionApp):
         self.settings["imagen"] = self.services
         self._worker_task: asyncio.Task[None] | None = None
         self._stopped = False
-        self._task = asyncio.get_event_loop().create_task(self._start_services())
+        self._task = asyncio.get_event_loop().create_task(self._start_services(), name="imagen-start")
 
     def initialize_handlers(self) -> None:
         self.handlers.extend(
@@ -183,7 +191,7 @@ class ImagenCanvasApp(ExtensionApp):
                 # A JupyterHub user's own login (ADR 0008): the owner is the database's, and it must be
                 # the user this server belongs to.
                 hub_user = os.environ.get("JUPYTERHUB_USER")
-                if hub_user and hub_owner_id(hub_user) != owner:
+                if hub_user and await login_hub_name(services.pool) != hub_user:
                     raise RuntimeError(
                         f"the database login belongs to another user than {hub_user}; "
                         "check the IMAGEN_DATABASE_URL the spawner gave this server"
@@ -218,7 +226,7 @@ class ImagenCanvasApp(ExtensionApp):
                     shutdown_grace=self.worker_shutdown_grace,
                 )
                 services.worker = Worker(url, ImagePipeline(storage_from_settings(env)), worker_config)
-                self._worker_task = asyncio.get_event_loop().create_task(services.worker.run())
+                self._worker_task = asyncio.get_event_loop().create_task(services.worker.run(), name="imagen-worker")
             services.router = Router(services.service, health_extra=services.health_extra)
             self.log.info(
                 "imagen: database %s ready; owner %s; worker %s",
@@ -227,8 +235,10 @@ class ImagenCanvasApp(ExtensionApp):
                 f"running ({self.worker_scope})" if self.run_worker else "off",
             )
         except Exception as exc:
-            services.error = str(exc)
-            self.log.error("imagen: could not start: %s", exc)
+            # It goes into 503 answers, socket close reasons and `health`: one line, no secret (a
+            # database URL's password, a key in a message).
+            services.error = caller_message(exc)
+            self.log.error("imagen: could not start: %s", services.error)
         finally:
             services.ready.set()
 

@@ -25,6 +25,7 @@ from imagen_worker.errors import InvalidField, RequestError
 from imagen_worker.service import Cursor, Request
 from imagen_worker.service.shapes import Message
 from imagen_worker.storage import LocalStorage
+from imagen_worker.webhooks import error_body
 
 if TYPE_CHECKING:
     from .app import ImagenServices
@@ -308,7 +309,8 @@ class WebhookHandler(_ImagenMixin, JupyterHandler):
         receiver = services.webhooks
         if receiver is None:
             self.set_status(503)
-            self.finish(json.dumps({"error": services.error or "webhooks are not ready"}))
+            self.set_header("Content-Type", "application/json")
+            self.finish(json.dumps(error_body(503, services.error or "webhooks are not ready")))
             return
         status, body = await receiver.handle(
             provider,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import getpass
 import json
 import time
 import urllib.parse
@@ -14,6 +15,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+from jupyter_server.auth.authorizer import Authorizer
 from tornado.httpclient import HTTPClientError
 
 from ..server_helpers import api, finished, message, messages_until, ready
@@ -26,15 +28,38 @@ def imagen_config(request: pytest.FixtureRequest) -> dict[str, Any]:
 
 
 @pytest.fixture
+def serverapp_config(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """ServerApp settings of one test, from `@server(...)`."""
+    return dict(getattr(request, "param", {}))
+
+
+@pytest.fixture
+def imagen_env(request: pytest.FixtureRequest) -> dict[str, str | None]:
+    """Environment of the server of one test, from `@env(...)` (None: unset)."""
+    return dict(getattr(request, "param", {}))
+
+
+@pytest.fixture
 def jp_server_config(
-    db_url: str, data_dir: Path, imagen_config: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+    db_url: str,
+    data_dir: Path,
+    imagen_config: dict[str, Any],
+    serverapp_config: dict[str, Any],
+    imagen_env: dict[str, str | None],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> dict[str, Any]:
     monkeypatch.setenv("IMAGEN_DATA_DIR", str(data_dir))
     monkeypatch.setenv("REPLICATE_WEBHOOK_SECRET", WEBHOOK_SECRET)
     for name in ("OPENAI_API_KEY", "STABILITY_API_KEY", "REPLICATE_API_TOKEN", "GOOGLE_API_KEY"):
         monkeypatch.delenv(name, raising=False)
+    imagen_config = {k: v(db_url) if callable(v) else v for k, v in imagen_config.items()}
+    for name, value in imagen_env.items():
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
     return {
-        "ServerApp": {"jpserver_extensions": {"imagen_canvas_server": True}},
+        "ServerApp": {"jpserver_extensions": {"imagen_canvas_server": True}, **serverapp_config},
         "ImagenCanvasApp": {"database_url": db_url, "poll_interval": 0.5, **imagen_config},
     }
 
@@ -50,6 +75,18 @@ def config(**values: Any) -> Any:
     return pytest.mark.parametrize("imagen_config", [values], indirect=True)
 
 
+def server(**values: Any) -> Any:
+    return pytest.mark.parametrize("serverapp_config", [values], indirect=True)
+
+
+def env(**values: str | None) -> Any:
+    return pytest.mark.parametrize("imagen_env", [values], indirect=True)
+
+
+def services_of(jp_serverapp: Any) -> Any:
+    return jp_serverapp.web_app.settings["imagen"]
+
+
 async def post_job(jp_fetch: Any, body: dict[str, Any], **kw: Any) -> dict[str, Any]:
     status, job = await api(jp_fetch, "jobs", method="POST", body=body, **kw)
     assert status == 201, job
@@ -61,15 +98,20 @@ async def test_a_local_job_shows_pending_running_done_on_the_socket_and_its_imag
 ) -> None:
     await ready(jp_fetch)
     ws = await jp_ws_fetch("imagen", "api", "events")
+    other_view = await jp_ws_fetch("imagen", "api", "events")
     hello = await message(ws)
     assert hello["kind"] == "hello" and hello["cursor"]
+    await message(other_view)
     job = await post_job(jp_fetch, {"prompt": "a red fox", "node_id": "n1", "seed": 7})
     assert job["status"] == "pending" and job["provider"] == "local" and job["node_id"] == "n1"
-    events = await messages_until(ws, finished(job["id"]))
-    mine = [e for e in events if e.get("job_id") == job["id"] and e["kind"] == "state"]
-    assert [e["status"] for e in mine] == ["running", "done"]
-    assert all(e["node_id"] == "n1" and e["cursor"] for e in mine)
-    assert mine[-1]["image_id"]
+    for view in (ws, other_view):  # the view that queued the job and another view of the owner
+        events = await messages_until(view, finished(job["id"]))
+        mine = [e for e in events if e.get("job_id") == job["id"] and e["kind"] == "state"]
+        assert [e["status"] for e in mine] == ["pending", "running", "done"]
+        assert all(e["node_id"] == "n1" and e["cursor"] for e in mine)
+        assert [e["event_id"] for e in mine] == sorted(e["event_id"] for e in mine)
+        assert mine[-1]["image_id"]
+    other_view.close()
     status, done = await api(jp_fetch, "jobs", job["id"])
     assert status == 200 and done["status"] == "done" and done["image"]["seed"] == 7
     assert done["image"]["width"] == done["image"]["height"] == 512
@@ -141,8 +183,29 @@ async def test_malformed_json_and_non_objects_are_400_and_bodies_over_1_mib_are_
     assert status == 413 and answer["error"]["code"] == "payload_too_large"
 
 
-async def test_every_route_refuses_a_request_without_authentication(jp_fetch: Any, jp_ws_fetch: Any) -> None:
+# Bytes with a PNG signature: the files route serves by type, it does not decode.
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 32
+
+
+def _signed_file_of_the_owner(jp_serverapp: Any, data_dir: Path) -> tuple[str, dict[str, str]]:
+    """An image of the server's owner in the local store and a valid signature for it: the files route
+    would serve it to a signed-in, authorized user."""
+    services = services_of(jp_serverapp)
+    name = f"{services.owner}/{uuid.uuid4()}.png"
+    target = data_dir / "store" / "images" / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(PNG)
+    expires = int(time.time()) + 600
+    return name, {"expires": str(expires), "sig": services.storage.sign(name, expires)}
+
+
+async def test_every_route_refuses_a_request_without_authentication(
+    jp_fetch: Any, jp_ws_fetch: Any, jp_serverapp: Any, data_dir: Path
+) -> None:
     await ready(jp_fetch)
+    name, signature = _signed_file_of_the_owner(jp_serverapp, data_dir)
+    served = await jp_fetch("imagen", "files", "images", name, params=signature)
+    assert served.code == 200 and served.body == PNG  # the URL is good: only the login is missing below
     no_auth = {"Authorization": ""}
     for method, parts in [
         ("GET", ("jobs",)),
@@ -161,8 +224,36 @@ async def test_every_route_refuses_a_request_without_authentication(jp_fetch: An
         await jp_ws_fetch("imagen", "api", "events", headers=no_auth)
     assert err.value.code in (401, 403)
     with pytest.raises(HTTPClientError) as err:
-        await jp_fetch("imagen", "files", "images", "x.png", headers=no_auth)
+        await jp_fetch("imagen", "files", "images", name, params=signature, headers=no_auth)
     assert err.value.code in (401, 403)
+
+
+class DenyImagen(Authorizer):
+    """An authorizer that refuses every action on resource `imagen` (and allows the rest)."""
+
+    def is_authorized(self, handler: Any, user: Any, action: str, resource: str) -> bool:
+        return resource != "imagen"
+
+
+@config(run_worker=False)
+@server(authorizer_class=DenyImagen)
+async def test_an_authorizer_that_denies_imagen_gets_403_on_rest_files_and_the_socket(
+    jp_fetch: Any, jp_ws_fetch: Any, jp_serverapp: Any, data_dir: Path
+) -> None:
+    assert await services_of(jp_serverapp).router_ready() is not None
+    name, signature = _signed_file_of_the_owner(jp_serverapp, data_dir)
+    for method, parts in [("GET", ("health",)), ("GET", ("jobs",)), ("POST", ("jobs",))]:
+        status, answer = await api(jp_fetch, *parts, method=method, body={"prompt": "x"} if method == "POST" else None)
+        assert status == 403, (method, parts, answer)
+        assert answer["error"]["code"] == "forbidden"
+    with pytest.raises(HTTPClientError) as err:
+        await jp_fetch("imagen", "files", "images", name, params=signature)
+    assert err.value.code == 403
+    with pytest.raises(HTTPClientError) as err:
+        await jp_ws_fetch("imagen", "api", "events")
+    assert err.value.code == 403
+    # the same user is signed in and may use the rest of the server
+    assert (await jp_fetch("api", "status")).code == 200
 
 
 async def _login_cookies(jp_fetch: Any, token: str) -> dict[str, str]:
@@ -250,6 +341,8 @@ async def test_a_job_no_live_worker_can_run_says_so_in_its_json_and_on_the_socke
     await message(ws)
     job = await post_job(jp_fetch, {"prompt": "nobody will run me"})
     assert "no worker is running" in job["waiting_for_worker"]
+    queued = await message(ws)
+    assert (queued["kind"], queued["status"], queued["job_id"]) == ("state", "pending", job["id"])
     event = await message(ws)
     assert event["kind"] == "waiting" and event["job_id"] == job["id"] and "no worker" in event["message"]
     _status, again = await api(jp_fetch, "jobs", job["id"])
@@ -305,29 +398,19 @@ async def test_cancelling_a_running_job_stops_it(jp_fetch: Any, jp_ws_fetch: Any
     await message(ws)
     job = await post_job(jp_fetch, {"prompt": "slow", "options": {"delay_s": 30}})
     await messages_until(ws, lambda m: m.get("job_id") == job["id"] and m.get("status") == "running")
+    assert (await ready(jp_fetch))["worker"]["in_flight"] == 1
     status, after = await api(jp_fetch, "jobs", job["id"], "cancel", method="POST")
     assert status == 200 and after["status"] == "cancelled"
     events = await messages_until(ws, finished(job["id"]))
     assert events[-1]["status"] == "cancelled"
+    # The handler itself stops (its 30 s provider call is aborted): the in-process worker soon has
+    # nothing in flight, long before the call would have ended.
+    deadline = time.monotonic() + 10
+    while (health := await ready(jp_fetch))["worker"]["in_flight"]:
+        assert time.monotonic() < deadline, f"the handler kept running after the cancel: {health['worker']}"
+        await asyncio.sleep(0.05)
     conn = await asyncpg.connect(db_url)
     try:
-        deadline = time.monotonic() + 10
-        while (
-            await conn.fetchval(
-                "select count(*) from imagen.job_events where job_id = $1 and kind = 'progress'", uuid.UUID(job["id"])
-            )
-            and time.monotonic() < deadline
-        ):
-            # the handler has stopped once no progress event follows the cancel for a while
-            before = await conn.fetchval(
-                "select max(id) from imagen.job_events where job_id = $1", uuid.UUID(job["id"])
-            )
-            await asyncio.sleep(8)
-            assert (
-                await conn.fetchval("select max(id) from imagen.job_events where job_id = $1", uuid.UUID(job["id"]))
-                == before
-            )
-            break
         row = await conn.fetchrow("select status, image_id from imagen.jobs where id = $1", uuid.UUID(job["id"]))
         assert row["status"] == "cancelled" and row["image_id"] is None
     finally:
@@ -524,23 +607,50 @@ async def test_file_urls_load_only_signed_unexpired_untampered_and_for_their_own
             "imagen", "files", "images", other, params={"expires": str(expires), "sig": storage.sign(other, expires)}
         )
     assert err.value.code == 403
-    # Traversal, raw, encoded or through a symlink, never leaves the store.
-    secret = data_dir / "url-signing.key"
-    owner = str(jp_serverapp.web_app.settings["imagen"].owner)
-    for name in (f"{owner}/../../url-signing.key", f"{owner}/%2e%2e/%2e%2e/url-signing.key"):
-        with pytest.raises(HTTPClientError) as err:
-            await jp_fetch(
-                f"imagen/files/images/{name}", params={"expires": str(expires), "sig": storage.sign(name, expires)}
-            )
-        assert err.value.code in (403, 404)
-    link = data_dir / "store" / "images" / owner / "leak.png"
-    link.symlink_to(secret)
-    name = f"{owner}/leak.png"
-    with pytest.raises(HTTPClientError) as err:
-        await jp_fetch(
-            "imagen", "files", "images", name, params={"expires": str(expires), "sig": storage.sign(name, expires)}
+
+
+@config(run_worker=False)
+async def test_no_file_url_leaves_the_store_raw_encoded_absolute_or_through_a_symlink(
+    jp_fetch: Any, jp_serverapp: Any, data_dir: Path, http_server_client: Any, jp_auth_header: dict[str, str]
+) -> None:
+    await ready(jp_fetch)
+    services = services_of(jp_serverapp)
+    storage, owner = services.storage, str(services.owner)
+    mine = data_dir / "store" / "images" / owner
+    mine.mkdir(parents=True)
+    # An image outside the store, beside it: `images/{owner}/../../../outside.png` is this file, and it
+    # has an image type, so a route that only checked the signature, the owner and the type would serve it.
+    outside = data_dir / "outside.png"
+    outside.write_bytes(PNG)
+    assert (data_dir / "store" / "images" / owner / ".." / ".." / ".." / "outside.png").resolve() == outside.resolve()
+    expires = int(time.time()) + 600
+    base = f"{jp_serverapp.base_url}imagen/files/images/"
+
+    async def get(raw_path: str, signed_path: str) -> tuple[int, bytes]:
+        """GET a files URL exactly as written (no client-side normalising or escaping), signed for the
+        path the server decodes it to."""
+        query = urllib.parse.urlencode({"expires": expires, "sig": storage.sign(signed_path, expires)})
+        response = await http_server_client.fetch(
+            f"{base}{raw_path}?{query}", headers=jp_auth_header, raise_error=False
         )
-    assert err.value.code == 404
+        return response.code, response.body or b""
+
+    traversal = f"{owner}/../../../outside.png"
+    cases = {
+        "raw": (traversal, traversal),
+        "encoded": (f"{owner}/%2e%2e/%2E%2E/%2e%2e/outside.png", traversal),
+        "encoded slashes": (f"{owner}%2F..%2F..%2F..%2Foutside.png", traversal),
+        "absolute": (urllib.parse.quote(str(outside), safe=""), str(outside)),
+    }
+    link = mine / "leak.png"
+    link.symlink_to(outside)
+    cases["symlink"] = (f"{owner}/leak.png", f"{owner}/leak.png")
+    answers = {case: await get(raw_path, signed_path) for case, (raw_path, signed_path) in cases.items()}
+    served = {case: status for case, (status, body) in answers.items() if status not in (403, 404) or body == PNG}
+    assert served == {}, f"served from outside the store: {served}"
+    # the same route serves a file inside the store, signed the same way
+    (mine / "inside.png").write_bytes(PNG)
+    assert await get(f"{owner}/inside.png", f"{owner}/inside.png") == (200, PNG)
 
 
 async def test_image_metadata_is_signed_afresh_and_its_content_route_serves_both_variants(
@@ -557,7 +667,31 @@ async def test_image_metadata_is_signed_afresh_and_its_content_route_serves_both
     status, answer = await api(jp_fetch, "images", str(uuid.uuid4()))
     assert status == 404 and answer["error"]["code"] == "not_found"
     status, events = await api(jp_fetch, "jobs", done["id"], "events")
-    assert [e["status"] for e in events["events"] if e["kind"] == "state"] == ["running", "done"]
+    assert [e["status"] for e in events["events"] if e["kind"] == "state"] == ["pending", "running", "done"]
+
+
+async def test_image_urls_are_signed_afresh_on_every_read_so_a_read_after_the_url_window_gets_a_new_valid_one(
+    jp_fetch: Any, jp_ws_fetch: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from imagen_worker.storage import local
+
+    await ready(jp_fetch)
+    done = await _done_job(jp_fetch, jp_ws_fetch)
+    _status, first = await api(jp_fetch, "images", done["image_id"])
+    # The local store keeps one URL per image for a window (URL_WINDOW, 300 s: browsers reuse what they
+    # cached); a read after the window must sign again, not hand out what an earlier read made.
+    real_time = time.time
+    shifted = type("Clock", (), {"time": staticmethod(lambda: real_time() + local.URL_WINDOW + 1)})
+    monkeypatch.setattr(local, "time", shifted)
+    _status, later = await api(jp_fetch, "images", done["image_id"])
+    for key in ("url", "thumbnail_url"):
+        before, after = (urllib.parse.urlsplit(image[key]) for image in (first, later))
+        assert after.path == before.path
+        old, new = (dict(urllib.parse.parse_qsl(u.query)) for u in (before, after))
+        assert int(new["expires"]) > int(old["expires"]) and new["sig"] != old["sig"], key
+        loaded = await jp_fetch(after.path.split("/a%40b/", 1)[1], params=new)  # valid, at the moved clock too
+        assert loaded.code == 200 and loaded.body[:4] in (b"\x89PNG", b"RIFF")
+    assert datetime.fromisoformat(later["expires_at"]) > datetime.fromisoformat(first["expires_at"])
 
 
 async def test_a_reconnect_with_since_replays_the_missed_events_exactly_once(
@@ -601,23 +735,51 @@ async def test_a_reconnect_with_since_replays_the_missed_events_exactly_once(
     assert ws.close_code == 4400
 
 
+def _imagen_tasks() -> list[asyncio.Task[Any]]:
+    """Tasks still running that imagen started: named imagen-* (app.py, the worker, the feed, the socket),
+    or running imagen code whatever their name."""
+    out = []
+    for task in asyncio.all_tasks():
+        if task.done() or task is asyncio.current_task():
+            continue
+        code = getattr(task.get_coro(), "cr_code", None)
+        where = code.co_filename if code is not None else ""
+        if task.get_name().startswith("imagen") or "imagen_worker" in where or "imagen_canvas_server" in where:
+            out.append(task)
+    return out
+
+
+@config(worker_shutdown_grace=0.5)
 async def test_the_extension_stops_with_no_task_or_connection_left(
-    jp_fetch: Any, jp_serverapp: Any, db_url: str
+    jp_fetch: Any, jp_ws_fetch: Any, jp_serverapp: Any, db_url: str
 ) -> None:
     await ready(jp_fetch)
-    ext = jp_serverapp.extension_manager.extension_apps["imagen_canvas_server"]
-    (app,) = ext
-    await app.stop_extension()
-    leftover = [t for t in asyncio.all_tasks() if t.get_name().startswith("imagen") and not t.done()]
-    assert leftover == []
+    ws = await jp_ws_fetch("imagen", "api", "events")
+    await message(ws)
+    job = await post_job(jp_fetch, {"prompt": "still running at the stop", "options": {"delay_s": 30}})
+    await messages_until(ws, lambda m: m.get("job_id") == job["id"] and m.get("status") == "running")
+    names = {t.get_name() for t in _imagen_tasks()}
+    # the services' own tasks are named, so a leak of any of them shows by name
+    assert {"imagen-worker", "imagen-feed-listen", "imagen-feed-read", "imagen-ws-watch"} <= names, names
+    assert f"imagen-job-{job['id']}" in names
     conn = await asyncpg.connect(db_url)
     try:
-        others = await conn.fetchval(
-            "select count(*) from pg_stat_activity where datname = current_database() and pid <> pg_backend_pid()"
+        assert await conn.fetchval("select count(*) from imagen.workers") == 1
+        (app,) = jp_serverapp.extension_manager.extension_apps["imagen_canvas_server"]
+        await app.stop_extension()
+        assert _imagen_tasks() == []
+        others = await conn.fetch(
+            "select pid, application_name, state, query from pg_stat_activity "
+            "where datname = current_database() and pid <> pg_backend_pid()"
         )
+        assert [dict(r) for r in others] == []
+        assert await conn.fetchval("select count(*) from imagen.workers") == 0  # deregistered
+        # the job it was running went back to the queue for another worker
+        row = await conn.fetchrow("select status, locked_by from imagen.jobs where id = $1", uuid.UUID(job["id"]))
+        assert (row["status"], row["locked_by"]) == ("pending", None)
     finally:
         await conn.close()
-    assert others == 0
+    ws.close()
 
 
 async def _insert_foreign_rows(db_url: str) -> dict[str, str]:
@@ -764,6 +926,7 @@ async def test_the_webhook_route_takes_signed_deliveries_without_a_session_and_r
     forged = "whsec_" + base64.b64encode(b"not-the-secret-replicate-uses!!!").decode()
     status, answer = await deliver(forged, "msg-1")
     assert status == 401, answer
+    assert answer["error"]["code"] == "unauthorized" and "signature" in answer["error"]["message"]
     status, answer = await deliver(WEBHOOK_SECRET, "msg-2")
     assert status == 200 and answer["status"] == "accepted", answer
     status, answer = await deliver(WEBHOOK_SECRET, "msg-2")
@@ -776,3 +939,93 @@ async def test_the_webhook_route_takes_signed_deliveries_without_a_session_and_r
         )
     finally:
         await conn.close()
+
+
+SECRET_PASSWORD = "hunter2-correct-horse-battery"
+
+
+def _missing_database_with_a_password(db_url: str) -> str:
+    """A URL of this test's server naming a database that does not exist, with a password in it."""
+    base, _, query = db_url.partition("?")
+    return (
+        f"{base.rsplit('/', 1)[0]}/imagen_missing_{uuid.uuid4().hex[:8]}"
+        f"?{query + '&' if query else ''}password={SECRET_PASSWORD}"
+    )
+
+
+@config(run_worker=False, database_url=_missing_database_with_a_password)
+async def test_a_start_up_failure_is_reported_in_503s_health_and_the_socket_without_the_database_password(
+    jp_fetch: Any, jp_ws_fetch: Any, jp_serverapp: Any
+) -> None:
+    services = services_of(jp_serverapp)
+    assert await services.router_ready() is None
+    assert "does not exist" in services.error and SECRET_PASSWORD not in services.error
+    for parts in (("health",), ("jobs",)):
+        status, answer = await api(jp_fetch, *parts)
+        assert status == 503 and answer["error"]["code"] == "unavailable", answer
+        assert "does not exist" in answer["error"]["message"]  # still says what is wrong
+        assert SECRET_PASSWORD not in json.dumps(answer)
+    status, answer = await api(jp_fetch, "jobs", method="POST", body={"prompt": "x"})
+    assert status == 503 and SECRET_PASSWORD not in json.dumps(answer)
+    try:
+        await jp_fetch("imagen", "webhooks", "replicate", method="POST", body=b"{}", headers={"Authorization": ""})
+        raise AssertionError("the webhook route answered without its receiver")
+    except HTTPClientError as exc:
+        assert exc.code == 503 and exc.response is not None
+        answer = json.loads(exc.response.body)
+    assert answer["error"]["code"] == "unavailable" and SECRET_PASSWORD not in json.dumps(answer)
+    ws = await jp_ws_fetch("imagen", "api", "events")
+    assert await asyncio.wait_for(ws.read_message(), 10) is None
+    assert ws.close_code == 4503 and SECRET_PASSWORD not in (ws.close_reason or "")
+
+
+NOT_THE_OWNER = {"IMAGEN_OWNER_USER_ID": None, "JUPYTERHUB_USER": None}
+
+
+async def _owner_of_everything(jp_fetch: Any) -> str:
+    """The owner the server acts for, as health reports it and as a job it queues is stamped."""
+    health = await ready(jp_fetch)
+    job = await post_job(jp_fetch, {"prompt": "whose am I"})
+    assert job["owner_user_id"] == health["owner_user_id"]
+    return str(health["owner_user_id"])
+
+
+async def _caller_name(jp_fetch: Any) -> str:
+    me = json.loads((await jp_fetch("api", "me")).body)
+    return str(me["identity"]["username"])
+
+
+@config(run_worker=False)
+@env(**NOT_THE_OWNER)
+async def test_the_single_user_servers_owner_is_the_clis_default_owner(jp_fetch: Any) -> None:
+    from imagen_worker.jobs import default_owner_id, hub_owner_id, local_owner_id
+
+    owner = await _owner_of_everything(jp_fetch)
+    assert owner == str(default_owner_id()) == str(local_owner_id())  # what `imagen submit` uses
+    # jupyter_server names a token's user afresh; the owner never derives from that name
+    caller = await _caller_name(jp_fetch)
+    assert caller != getpass.getuser()
+    assert owner not in (str(local_owner_id(caller)), str(hub_owner_id(caller)))
+
+
+@config(run_worker=False)
+@env(**{**NOT_THE_OWNER, "IMAGEN_OWNER_USER_ID": "0b7e6f3c-9a51-4c55-8e8f-2d1a6a0c5e11"})
+async def test_imagen_owner_user_id_sets_the_servers_owner(jp_fetch: Any) -> None:
+    from imagen_worker.jobs import local_owner_id
+
+    owner = await _owner_of_everything(jp_fetch)
+    assert owner == "0b7e6f3c-9a51-4c55-8e8f-2d1a6a0c5e11" != str(local_owner_id())
+
+
+@config(run_worker=False)
+@env(**{**NOT_THE_OWNER, "JUPYTERHUB_USER": "alice"})
+async def test_under_jupyterhub_the_owner_is_the_hub_user_the_server_belongs_to_not_the_caller(
+    jp_fetch: Any,
+) -> None:
+    from imagen_worker.jobs import hub_owner_id, local_owner_id
+
+    owner = await _owner_of_everything(jp_fetch)
+    caller = await _caller_name(jp_fetch)
+    assert caller != "alice"
+    assert owner == str(hub_owner_id("alice"))
+    assert owner not in (str(hub_owner_id(caller)), str(local_owner_id()))

@@ -142,10 +142,10 @@ async def test_a_postgres_restart_with_a_socket_open_loses_no_event_of_jobs_fini
     conn = await asyncpg.connect(url)
     try:
         expected = [
-            r["id"]
+            (r["id"], str(r["job_id"]))
             for r in await conn.fetch(
-                "select id from imagen.job_events where job_id = any($1::uuid[]) and kind in ('state', 'progress', 'waiting') "
-                "order by id",
+                "select id, job_id from imagen.job_events "
+                "where job_id = any($1::uuid[]) and kind in ('state', 'progress', 'waiting') order by id",
                 [uuid.UUID(j) for j in jobs],
             )
         ]
@@ -159,10 +159,86 @@ async def test_a_postgres_restart_with_a_socket_open_loses_no_event_of_jobs_fini
     assert set(statuses.values()) == {"done"}
     got = [m["event_id"] for m in received]
     assert len(got) == len(set(got)), "an event was delivered twice"
-    assert sorted(got) == expected, "an event was lost"
+    assert sorted(got) == [e for e, _ in expected], "an event was lost"
+    # Delivered in order: each job's events as its trail has them (ids are not in commit order across
+    # jobs, ADR 0006, but one job's transitions are), so no job is seen done before it ran.
     for job_id in jobs:
+        trail = [e for e, j in expected if j == job_id]
+        assert [m["event_id"] for m in received if m["job_id"] == job_id] == trail, f"job {job_id} out of order"
         states = [m["status"] for m in received if m["job_id"] == job_id and m["kind"] == "state"]
-        assert states[-1] == "done" and "running" in states
+        assert states[0] == "pending" and states[-1] == "done" and "running" in states, states
+    ws.close()
+
+
+async def _listen_backend(conn: asyncpg.Connection) -> int | None:
+    """The pid of the event feed's LISTEN connection (the only backend of this database that LISTENs:
+    the worker is off), or None while there is none."""
+    pid: int | None = await conn.fetchval(
+        "select pid from pg_stat_activity where datname = current_database() and query ilike 'listen %'"
+    )
+    return pid
+
+
+@config(run_worker=False)
+async def test_a_killed_listen_connection_loses_no_event_and_repeats_none_in_order(
+    jp_fetch: Any, jp_ws_fetch: Any, jp_serverapp: Any, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from imagen_worker.service import feed as feed_module
+
+    # No safety read (every 5 s) to hide a LISTEN that was never restored: notifications, and the read
+    # the feed makes when it listens again, must deliver everything.
+    monkeypatch.setattr(feed_module, "SAFETY_READ_SECONDS", 3600.0)
+    await ready(jp_fetch)
+    _, job = await api(jp_fetch, "jobs", method="POST", body={"prompt": "x"})
+    job_id = uuid.UUID(job["id"])
+    ws = await jp_ws_fetch("imagen", "api", "events")
+    await message(ws)
+    writer = await asyncpg.connect(db_url)
+    admin = await asyncpg.connect(db_url)
+    written: list[int] = []
+
+    async def commit_events(n: int, pause: float) -> None:
+        for _ in range(n):
+            written.append(
+                await writer.fetchval(
+                    "insert into imagen.job_events (job_id, owner_user_id, kind, payload) "
+                    "select id, owner_user_id, 'progress', jsonb_build_object('progress', $2::float8) "
+                    "from imagen.jobs where id = $1 returning id",
+                    job_id,
+                    len(written) / 1000,
+                )
+            )
+            await asyncio.sleep(pause)
+
+    try:
+        await commit_events(30, 0.005)
+        listener = await _listen_backend(admin)
+        assert listener is not None
+        # Kill only the feed's LISTEN connection, and commit events the moment it is gone (before the
+        # feed listens again, most likely): only the read the feed makes on listening again finds them.
+        gap = writer.transaction()
+        await gap.start()
+        await commit_events(10, 0)
+        assert await admin.fetchval("select pg_terminate_backend($1)", listener)
+        while await admin.fetchval("select count(*) from pg_stat_activity where pid = $1", listener):
+            await asyncio.sleep(0.001)
+        await gap.commit()
+        deadline = time.monotonic() + 10
+        while (pid := await _listen_backend(admin)) in (None, listener):
+            assert time.monotonic() < deadline, "the feed never listened again"
+            await asyncio.sleep(0.02)
+        got = [await message(ws) for _ in written]
+        assert [m["event_id"] for m in got] == written  # every event, once, in commit order
+        # and live again, on the new LISTEN connection
+        await commit_events(10, 0.005)
+        got = [await message(ws) for _ in written[40:]]
+        assert [m["event_id"] for m in got] == written[40:]
+        with pytest.raises(TimeoutError):
+            await message(ws, 1.0)  # nothing repeated
+        assert pid != listener
+    finally:
+        await writer.close()
+        await admin.close()
     ws.close()
 
 

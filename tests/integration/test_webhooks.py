@@ -140,7 +140,8 @@ async def test_a_forged_signature_is_refused_and_changes_nothing(
 
     status, answer = await receiver.handle("replicate", signed(body, secret=forged_secret), body.encode())
 
-    assert status == 401 and "signature" in answer["error"]
+    assert status == 401 and answer["error"]["code"] == "unauthorized"
+    assert "signature" in answer["error"]["message"]
     assert await snapshot(db) == before
 
 
@@ -171,7 +172,7 @@ async def test_a_stale_delivery_is_refused_and_changes_nothing(
     old_status, old_answer = await receiver.handle("replicate", old, body.encode())
     future_status, _ = await receiver.handle("replicate", future, body.encode())
 
-    assert old_status == 401 and "too old" in old_answer["error"]
+    assert old_status == 401 and "too old" in old_answer["error"]["message"]
     assert future_status == 401
     assert await snapshot(db) == before
 
@@ -220,11 +221,25 @@ async def test_unknown_jobs_providers_and_bodies_change_nothing(
     other = prediction(prediction_id="someone-elses-prediction")
     not_json = "this is not json"
 
-    assert (await receiver.handle("replicate", signed(other), other.encode()))[0] == 404
-    assert (await receiver.handle("openai", signed(other), other.encode()))[0] == 404
-    assert (await receiver.handle("replicate", signed(not_json), not_json.encode()))[0] == 400
     unconfigured = WebhookReceiver(pool, {})
-    assert (await unconfigured.handle("replicate", signed(prediction()), prediction().encode()))[0] == 401
+    long_id = {**signed(other), "webhook-id": "m" * 201}
+    long_id["webhook-signature"] = Webhook(REPLICATE_SECRET).sign(long_id["webhook-id"], datetime.now(UTC), other)
+    answers = [
+        await receiver.handle("replicate", signed(other), other.encode()),
+        await receiver.handle("openai", signed(other), other.encode()),
+        await receiver.handle("replicate", signed(not_json), not_json.encode()),
+        await receiver.handle("replicate", long_id, other.encode()),
+        await unconfigured.handle("replicate", signed(prediction()), prediction().encode()),
+    ]
+    # Every refusal in the API's one error shape: {"error": {"code", "message", "field"?}}.
+    assert [(status, body["error"]["code"], body["error"].get("field")) for status, body in answers] == [
+        (404, "not_found", None),
+        (404, "not_found", None),
+        (400, "invalid_json", None),
+        (400, "invalid_field", "webhook-id"),
+        (401, "unauthorized", None),
+    ]
+    assert all(set(body) == {"error"} and body["error"]["message"] for _, body in answers)
     assert await snapshot(db) == before
 
 
@@ -311,6 +326,8 @@ async def test_the_http_endpoint_answers_each_delivery_once_its_event_is_queued_
 
     assert [a["status"] for a in answers] == ["accepted"] * 10
     assert forged.status_code == 401 and too_big.status_code == 413
+    assert forged.json()["error"]["code"] == "unauthorized"
+    assert too_big.json()["error"]["code"] == "payload_too_large"
     assert len(await webhook_events(db, job_id)) == 10  # the forged and the oversized one added nothing
 
 

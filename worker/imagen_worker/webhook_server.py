@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from aiohttp import web
 
 from .db import create_pool
-from .webhooks import MAX_BODY, WebhookReceiver
+from .webhooks import MAX_BODY, WebhookReceiver, error_body
 
 log = logging.getLogger("imagen.webhooks")
 
@@ -21,7 +21,10 @@ def make_app(receiver: WebhookReceiver) -> web.Application:
     """An aiohttp application with the one webhook route; bodies over MAX_BODY get 413."""
 
     async def receive(request: web.Request) -> web.Response:
-        body = await request.read()
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return web.json_response(error_body(413, f"the body is over {MAX_BODY} bytes"), status=413)
         status, answer = await receiver.handle(
             request.match_info["provider"], request.headers, body, query=request.query
         )

@@ -215,11 +215,32 @@ class _Delivery:
     job_id: uuid.UUID | None = None
 
 
+# The error codes of the refusals, by status (docs/api.md, Error).
+_CODES = {
+    400: "invalid_request",
+    401: "unauthorized",
+    404: "not_found",
+    413: "payload_too_large",
+    422: "unprocessable",
+    503: "unavailable",
+}
+
+
+def error_body(status: int, message: str, *, code: str | None = None, field: str | None = None) -> dict[str, Any]:
+    """The API's one error shape, `{"error": {"code", "message", "field"?}}`, for a webhook answer."""
+    error: dict[str, Any] = {"code": code or _CODES.get(status, "invalid_request"), "message": message}
+    if field is not None:
+        error["field"] = field
+    return {"error": error}
+
+
 class _Refused(Exception):
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, *, code: str | None = None, field: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.code = code
+        self.field = field
 
 
 class WebhookReceiver:
@@ -262,7 +283,7 @@ class WebhookReceiver:
             delivery = self._verify(provider, {k.lower(): v for k, v in headers.items()}, body, query or {})
         except _Refused as refused:
             log.warning("webhook provider=%s refused status=%d: %s", provider[:40], refused.status, refused.message)
-            return refused.status, {"error": refused.message}
+            return refused.status, error_body(refused.status, refused.message, code=refused.code, field=refused.field)
         try:
             row = await self._pool.fetchrow(
                 _sql("record_delivery"),
@@ -274,14 +295,14 @@ class WebhookReceiver:
             )
         except asyncpg.IntegrityConstraintViolationError as exc:
             log.warning("webhook provider=%s delivery=%s not recorded: %s", provider, delivery.delivery_id, exc)
-            return 422, {"error": "the delivery could not be recorded"}
+            return 422, error_body(422, "the delivery could not be recorded")
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
             log.error("webhook provider=%s: database unavailable (%s)", provider, type(exc).__name__)
-            return 503, {"error": "temporarily unavailable; retry later"}
+            return 503, error_body(503, "temporarily unavailable; retry later")
         assert row is not None
         if row["job_id"] is None:
             log.warning("webhook provider=%s: no job has provider job id %r", provider, delivery.provider_job_id)
-            return 404, {"error": "no job for this provider job id"}
+            return 404, error_body(404, "no job for this provider job id")
         if row["event_id"] is None:
             log.info("webhook provider=%s delivery=%s duplicate: ignored", provider, delivery.delivery_id)
             return 200, {"status": "duplicate"}
@@ -313,11 +334,11 @@ class WebhookReceiver:
             raise _Refused(401, f"signature verification failed: {_short(str(exc), 200)}") from None
         webhook_id = headers["webhook-id"]
         if len(webhook_id) > MAX_WEBHOOK_ID_CHARS:
-            raise _Refused(400, "webhook-id is too long")
+            raise _Refused(400, "webhook-id is too long", code="invalid_field", field="webhook-id")
         prediction = _json_object(body)
         event = replicate_event(prediction)
         if not event["provider_job_id"] or not event["status"]:
-            raise _Refused(400, "the body is not a prediction (no id or status)")
+            raise _Refused(400, "the body is not a prediction (no id or status)", code="invalid_json")
         return _Delivery(event["provider_job_id"], f"replicate:{webhook_id}", event)
 
     def _verify_midjourney(self, query: Mapping[str, str], body: bytes) -> _Delivery:
@@ -340,7 +361,7 @@ class WebhookReceiver:
         task = _json_object(body)
         event = midjourney_event(task)
         if not event["provider_job_id"] or not event["status"]:
-            raise _Refused(400, "the body is not a task (no id or status)")
+            raise _Refused(400, "the body is not a task (no id or status)", code="invalid_json")
         # The proxy has no delivery id: one delivery per task state (status and progress).
         key = f"{event['provider_job_id']}:{event['status']}:{task.get('progress') or ''}"
         if len(key) > MAX_WEBHOOK_ID_CHARS:
@@ -352,9 +373,9 @@ def _json_object(body: bytes) -> dict[str, Any]:
     try:
         value = json.loads(body)
     except ValueError:
-        raise _Refused(400, "the body is not JSON") from None
+        raise _Refused(400, "the body is not JSON", code="invalid_json") from None
     if not isinstance(value, dict):
-        raise _Refused(400, "the body is not a JSON object")
+        raise _Refused(400, "the body is not a JSON object", code="invalid_json")
     return value
 
 
