@@ -352,3 +352,99 @@ def run_in_kernel(hub: Hub, user: str, token: str, code: str, timeout: float = 1
                     pass
 
     return asyncio.run(go())
+
+
+# -- what a user's own code can read -------------------------------------------------------------
+
+
+def server_environ(user: str) -> dict[str, str]:
+    """The environment of the user's single-user server (read as root): their credentials."""
+    import psutil
+
+    for process in psutil.process_iter(["username", "cmdline"]):
+        if process.info["username"] == user and any(
+            "jupyterhub-singleuser" in part for part in process.info["cmdline"] or []
+        ):
+            return dict(process.environ())
+    raise AssertionError(f"no jupyterhub-singleuser process of {user}")
+
+
+def service_environ(hub: Hub, marker: str) -> dict[str, str]:
+    """The environment of the hub's managed service whose command line contains `marker`."""
+    import psutil
+
+    for process in psutil.Process(hub.process.pid).children(recursive=True):
+        if marker in " ".join(process.cmdline()):
+            return dict(process.environ())
+    raise AssertionError(f"the hub runs no service with {marker!r} in its command")
+
+
+def url_password(url: str) -> str:
+    return url.split("//", 1)[1].rsplit("@", 1)[0].split(":", 1)[1]
+
+
+def user_credentials(user: str) -> dict[str, str]:
+    """What of `user`'s would let someone act as them: their database password, their hub API token,
+    their server's URL-signing key."""
+    env = server_environ(user)
+    key = Path(pwd.getpwnam(user).pw_dir) / ".local/share/imagen-canvas/url-signing.key"
+    return {
+        f"{user}'s database password": url_password(env["IMAGEN_DATABASE_URL"]),
+        f"{user}'s hub API token": env["JUPYTERHUB_API_TOKEN"],
+        f"{user}'s URL-signing key": key.read_text().strip(),
+    }
+
+
+def signed_by(user: str, path: str, bucket: str = "images") -> str:
+    """A file URL query for `path` signed with `user`'s own server key (which `user`'s code can read),
+    valid for an hour."""
+    import hmac
+
+    key = (Path(pwd.getpwnam(user).pw_dir) / ".local/share/imagen-canvas/url-signing.key").read_text().strip()
+    expires = int(time.time()) + 3600
+    sig = hmac.new(key.encode(), f"{bucket}/{path}:{expires}".encode(), hashlib.sha256).hexdigest()
+    return f"expires={expires}&sig={sig}"
+
+
+SECRETS_PROBE = """
+import base64, glob, json, os
+secrets = {{label: base64.b64decode(value)[::-1].decode() for label, value in {encoded!r}.items()}}
+report = {{"environ_read": 0, "files_read": 0, "found": []}}
+for path in glob.glob("/proc/[0-9]*/environ"):
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read().decode(errors="ignore")
+    except OSError:
+        continue
+    report["environ_read"] += 1
+    report["found"] += [[path, label] for label, s in secrets.items() if s in data]
+skip = {{"node_modules", "site-packages", ".git", "__pycache__"}}
+for root in {roots!r}:
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if d not in skip and not d.startswith("imagen-hub-venv-")]
+        for name in files:
+            path = os.path.join(folder, name)
+            try:
+                if os.path.islink(path) or os.path.getsize(path) > 2_000_000:
+                    continue
+                with open(path, "rb") as fh:
+                    data = fh.read().decode(errors="ignore")
+            except OSError:
+                continue
+            report["files_read"] += 1
+            report["found"] += [[path, label] for label, s in secrets.items() if s in data]
+print(json.dumps(report))
+"""
+
+
+def secrets_probe(secrets: dict[str, str], roots: tuple[str, ...]) -> str:
+    """Kernel code that looks for `secrets` in every process environment (/proc/*/environ) and every
+    file under `roots` it can read, and prints what it read and found. The secrets travel encoded, so
+    the code a kernel keeps (its history) holds none of them."""
+    import base64
+
+    encoded = {label: base64.b64encode(value[::-1].encode()).decode() for label, value in secrets.items()}
+    return SECRETS_PROBE.format(encoded=encoded, roots=roots)
+
+
+PROBE_ROOTS = ("/tmp", "/home", "/var/tmp", "/dev/shm", "/srv", "/etc/jupyterhub")

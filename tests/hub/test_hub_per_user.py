@@ -16,7 +16,19 @@ import pytest
 
 from imagen_worker.users import add_user
 
-from .harness import Cluster, Hub, call, jupyterhub, run_in_kernel, spawn
+from .harness import (
+    PROBE_ROOTS,
+    Cluster,
+    Hub,
+    call,
+    jupyterhub,
+    run_in_kernel,
+    secrets_probe,
+    signed_by,
+    spawn,
+    url_password,
+    user_credentials,
+)
 
 A, B = "imagen-alice", "imagen-bob"
 pytestmark = pytest.mark.slow
@@ -146,6 +158,11 @@ async def probe():
     for label, sql in [("set_role", "set role authenticated"), ("set_role_service", "set role service_role"),
                        ("users", "select * from imagen.users"), ("slots", "select * from imagen.provider_slots"),
                        ("cancel", f"select imagen.cancel_job('{{A_JOB}}')"),
+                       ("image_for_a_job", "insert into imagen.images (owner_user_id, job_id, bucket, path, content_type, width, height, bytes, sha256) "
+                                           f"values (imagen.current_owner(), '{{A_JOB}}', 'images', imagen.current_owner() || '/x.png', 'image/png', 1, 1, 1, repeat('0', 64))"),
+                       ("image_at_a_path", "insert into imagen.images (owner_user_id, bucket, path, content_type, width, height, bytes, sha256) "
+                                           f"values (imagen.current_owner(), 'images', '{{A_OWNER}}/' || gen_random_uuid() || '.png', 'image/png', 1, 1, 1, repeat('0', 64))"),
+                       ("event_on_a_job", f"insert into imagen.job_events (job_id, owner_user_id, kind) values ('{{A_JOB}}', imagen.current_owner(), 'log')"),
                        ("insert_as_a", f"insert into imagen.jobs (owner_user_id, prompt) values ('{{A_OWNER}}', 'x')")]:
         try:
             await conn.execute(sql)
@@ -197,6 +214,9 @@ def test_from_bs_own_kernel_sql_reaches_none_of_as_rows_even_with_as_claims(
     assert report["limits_seen"] == 0  # the pool's limits exist, but not for a user's own worker
     assert report["cancel"] == "NoDataFoundError"
     assert report["insert_as_a"] == "InsufficientPrivilegeError"  # row-level security: not B's row
+    # B's own worker login writes images and events of B's own jobs only, in B's own folder.
+    assert report["image_for_a_job"] == report["image_at_a_path"] == report["event_on_a_job"]
+    assert report["event_on_a_job"] == "InsufficientPrivilegeError"
     assert report["update_a_job"] == "UPDATE 0"
     # Without a password, neither the admin login nor B's own role gets in (scram-sha-256 only).
     assert report["login_postgres"] == report["login_imagen_u"] == "InvalidPasswordError"
@@ -224,7 +244,12 @@ def test_as_image_files_and_file_urls_are_out_of_bs_reach(
     status, _ = call(hub, "GET", url, token=tokens[B])
     assert status in (302, 403)
     status, _ = call(hub, "GET", url.replace(f"user/{A}/", f"user/{B}/"), token=tokens[B])
-    assert status in (403, 404)
+    assert status == 403
+    # Nor does a URL for A's path signed with B's own key (which B's code can read) open it there.
+    status, _ = call(
+        hub, "GET", f"user/{B}/imagen/files/images/{image['path']}?{signed_by(B, image['path'])}", token=tokens[B]
+    )
+    assert status == 403
     # On disk: A's images are A's alone.
     code = f"""
 import glob, os
@@ -240,6 +265,50 @@ for path in (store, os.path.join(store, {image["owner_user_id"]!r}),
     out = run_in_kernel(hub, B, tokens[B], code)
     lines = out.strip().splitlines()
     assert lines[1].endswith("DENIED") and lines[2].endswith("DENIED"), out
+
+
+def test_a_replay_from_the_beginning_on_bs_socket_holds_none_of_as_jobs(
+    hub: Hub, tokens: dict[str, str], a_job: dict[str, Any]
+) -> None:
+    """`?since=` a cursor before anything happened: B's socket replays B's own events, none of A's."""
+    status, mine = call(hub, "POST", f"user/{B}/imagen/api/jobs", token=tokens[B], body={"prompt": "B's own"})
+    assert status == 201, mine
+    wait_done(hub, B, tokens[B], mine["id"])
+    _, page = call(hub, "GET", f"user/{A}/imagen/api/jobs", token=tokens[A])
+    a_jobs = {j["id"] for j in page["jobs"]} | {a_job["id"]}
+
+    async def replay() -> list[dict[str, Any]]:
+        seen: list[dict[str, Any]] = []
+        async with (
+            aiohttp.ClientSession() as session,
+            session.ws_connect(
+                f"{hub.url}user/{B}/imagen/api/events?since=1:1:", headers={"Authorization": f"token {tokens[B]}"}
+            ) as ws,
+        ):
+            with pytest.raises(asyncio.TimeoutError):
+                while True:
+                    seen.append(await ws.receive_json(timeout=3))
+        return seen
+
+    seen = asyncio.run(replay())
+    assert seen[0]["kind"] == "hello"
+    replayed = {m.get("job_id") for m in seen[1:]}
+    assert mine["id"] in replayed  # the replay ran: B's own job is in it
+    assert not replayed & a_jobs
+    assert a_job["owner_user_id"] not in json.dumps(seen)
+
+
+def test_bs_kernel_finds_no_credential_of_as_or_of_the_services_anywhere_it_can_read(
+    hub: Hub, tokens: dict[str, str], cluster: Cluster
+) -> None:
+    """Every process environment B's code can read (/proc/*/environ: B's own processes), /tmp, other
+    users' homes: none holds A's database password, hub token or URL-signing key, nor the admin's."""
+    secrets = {**user_credentials(A), "the admin's database password": url_password(cluster.admin_url)}
+    report = json.loads(
+        run_in_kernel(hub, B, tokens[B], secrets_probe(secrets, PROBE_ROOTS), timeout=300).strip().splitlines()[-1]
+    )
+    assert report["environ_read"] >= 2 and report["files_read"] > 0, report  # the probe read something
+    assert report["found"] == [], report
 
 
 def test_a_user_over_the_quota_gets_a_clear_429(hub: Hub, tokens: dict[str, str], cluster: Cluster) -> None:

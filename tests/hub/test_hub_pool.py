@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import secrets
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,10 +15,25 @@ from typing import Any
 
 import pytest
 
-from .harness import USERS, Cluster, Hub, call, jupyterhub, run_in_kernel, spawn
+from .harness import (
+    PROBE_ROOTS,
+    USERS,
+    Cluster,
+    Hub,
+    call,
+    jupyterhub,
+    run_in_kernel,
+    secrets_probe,
+    service_environ,
+    signed_by,
+    spawn,
+    url_password,
+    user_credentials,
+)
 
 A, B = USERS
-ORG_KEY = "sk-organisation-key-the-pool-alone-holds-0123456789"
+# Random per run: a fixed key would be found in every copy of this file a user can read.
+ORG_KEY = f"sk-organisation-key-the-pool-alone-holds-{secrets.token_hex(16)}"
 pytestmark = pytest.mark.slow
 
 
@@ -78,31 +94,42 @@ for path in ({str(folder)!r}, {str(target)!r}):
 """,
     )
     assert out.split() == ["DENIED", "DENIED"]
+    # A's file URL: A's server serves it, B's server refuses it (403: not B's key, not B's owner),
+    # also when signed with B's own key, which B's code can read.
+    url = image["url"].split("/", 1)[1]
+    assert call(hub, "GET", url, token=tokens[A])[0] == 200
+    assert call(hub, "GET", url.replace(f"user/{A}/", f"user/{B}/"), token=tokens[B])[0] == 403
+    forged = f"user/{B}/imagen/files/images/{image['path']}?{signed_by(B, image['path'])}"
+    assert call(hub, "GET", forged, token=tokens[B])[0] == 403
 
 
-def test_neither_users_server_holds_the_service_credentials_or_the_organisations_keys(
+def test_the_pool_runs_with_a_login_of_its_own_not_the_admins(hub: Hub, cluster: Cluster) -> None:
+    env = service_environ(hub, "imagen_worker worker")
+    login = env["IMAGEN_DATABASE_URL"].split("//", 1)[1].split(":", 1)[0]
+    assert login.startswith("imagen_pool_"), login
+    assert url_password(cluster.admin_url) not in json.dumps(env)
+    assert env["IMAGEN_STORE_OWNERS"] == "hub" and env["IMAGEN_HUB_UNIX_USER"] == "{name}"
+
+
+def test_neither_users_kernel_finds_the_service_credentials_the_keys_or_the_other_users_anywhere(
     hub: Hub, tokens: dict[str, str], cluster: Cluster
 ) -> None:
-    admin_password = cluster.admin_url.split("//", 1)[1].split("@", 1)[0].split(":", 1)[1]
-    probe = f"""
-import json, os, glob
-secrets = {[admin_password, ORG_KEY]!r}
-found = [k for k, v in os.environ.items() if any(s in v for s in secrets)]
-# everything the server could read in its own home and the hub's folder
-readable = []
-for root in (os.path.expanduser("~"), {str(hub.root)!r}):
-    for path in glob.glob(root + "/**", recursive=True):
-        try:
-            with open(path, errors="ignore") as fh:
-                if any(s in fh.read() for s in secrets):
-                    readable.append(path)
-        except (IsADirectoryError, PermissionError, OSError):
-            pass
-print(json.dumps({{"env": found, "files": readable, "user": os.environ["IMAGEN_DATABASE_URL"].split("//")[1].split(":")[0]}}))
-"""
-    for user in (A, B):
-        report = json.loads(run_in_kernel(hub, user, tokens[user], probe).strip().splitlines()[-1])
-        assert report == {**report, "env": [], "files": []}, report
-        assert report["user"].startswith("imagen_u_")
+    """Every process environment a user's code can read (/proc/*/environ: their own processes), /tmp
+    (the hub's folder and the store included), other users' homes: no admin or pool password, no
+    organisation key, nothing of the other user's."""
+    pool = service_environ(hub, "imagen_worker worker")
+    service = {
+        "the admin's database password": url_password(cluster.admin_url),
+        "the pool's database password": url_password(pool["IMAGEN_DATABASE_URL"]),
+        "the organisation's key": ORG_KEY,
+    }
+    for user, other in ((A, B), (B, A)):
+        secrets = {**service, **user_credentials(other)}
+        out = run_in_kernel(hub, user, tokens[user], secrets_probe(secrets, (*PROBE_ROOTS, str(hub.root))), timeout=300)
+        report = json.loads(out.strip().splitlines()[-1])
+        assert report["environ_read"] >= 2 and report["files_read"] > 0, report
+        assert report["found"] == [], (user, report)
+        env = json.loads(run_in_kernel(hub, user, tokens[user], "import json, os; print(json.dumps(dict(os.environ)))"))
+        assert env["IMAGEN_DATABASE_URL"].split("//")[1].split(":")[0].startswith("imagen_u_")
     assert os.stat(hub.root).st_mode & 0o777 == 0o700
-    assert Path(hub.root / "jupyterhub_config.py").read_text().count(admin_password) == 1
+    assert Path(hub.root / "jupyterhub_config.py").read_text().count(url_password(cluster.admin_url)) == 1

@@ -272,9 +272,7 @@ def _job_body(prompt: str, kw: dict[str, Any]) -> tuple[uuid.UUID, str | None, d
 
 
 @asynccontextmanager
-async def _service(
-    database_url: str | None, settings: Settings, **config: Any
-) -> AsyncIterator[tuple[str, Service]]:
+async def _service(database_url: str | None, settings: Settings, **config: Any) -> AsyncIterator[tuple[str, Service]]:
     """The service layer on a small pool (the CLI is one more transport over it); `config` overrides
     ServiceConfig's settings."""
     from .service import login_owner
@@ -610,7 +608,13 @@ def users_group() -> None:
 @click.option("--worker", is_flag=True, help="The login may also run the user's own worker (per-user layout).")
 @click.option("--max-pending", type=click.IntRange(min=1), default=None, help="Pending jobs the user may have.")
 @click.option("--max-cost-per-day", type=click.FloatRange(min=0), default=None, help="USD a day's jobs may cost.")
-@click.option("--auth-user-id", type=click.UUID, default=None, help="The user's Supabase auth.users id.")
+@click.option(
+    "--auth-user-id",
+    type=click.UUID,
+    default=None,
+    help="The user's Supabase auth.users id (on Supabase: required, and their owner id).",
+)
+@click.option("--unlimited", is_flag=True, help="Clear the user's quotas.")
 @click.option("--json", "as_json", is_flag=True)
 def users_add(
     database_url: str | None,
@@ -619,9 +623,11 @@ def users_add(
     max_pending: int | None,
     max_cost_per_day: float | None,
     auth_user_id: uuid.UUID | None,
+    unlimited: bool,
     as_json: bool,
 ) -> None:
-    """Create (or update) hub user NAME: an owner id, a login role, quotas. Idempotent."""
+    """Create (or update) hub user NAME: an owner id, a login role, quotas. Idempotent: what is not
+    given keeps its stored value."""
     from decimal import Decimal
 
     from .users import add_user
@@ -636,6 +642,7 @@ def users_add(
                 max_pending=max_pending,
                 max_cost_per_day=Decimal(str(max_cost_per_day)) if max_cost_per_day is not None else None,
                 auth_user_id=auth_user_id,
+                unlimited=unlimited,
             )
         finally:
             await conn.close()
@@ -662,6 +669,27 @@ def users_remove(database_url: str | None, name: str) -> None:
         finally:
             await conn.close()
         click.echo(f"{name}: removed" if removed else f"{name}: was not a user")
+
+    _run(go)
+
+
+@users_group.command("pool-login")
+@database_url_option
+def users_pool_login(database_url: str | None) -> None:
+    """Print the URL of the shared pool's own login (JupyterHub layout "pool"), with a fresh password.
+
+    The login may run `imagen worker --scope all` and nothing more (no canvases, no roles, no DDL);
+    the previous password stops working. Pass the URL to configure(pool_database_url=...) and to pool
+    workers on other machines."""
+    from .users import new_pool_login
+
+    async def go() -> None:
+        conn = await connect(database_url)
+        try:
+            url = await new_pool_login(conn, resolve_database_url(database_url))
+        finally:
+            await conn.close()
+        click.echo(url)
 
     _run(go)
 

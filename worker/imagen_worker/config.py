@@ -78,6 +78,9 @@ class Settings:
     # "hub": the local store hands each owner's folder to that owner's Unix user (a shared pool
     # under JupyterHub, ADR 0008); "": files belong to the writer.
     store_owners: str = ""
+    # With store_owners "hub": the Unix user of a hub user, `{name}` replaced by the hub name, or
+    # "tljh" (imagen_worker.users.unix_user_name).
+    hub_unix_user: str = "{name}"
 
     @property
     def store_dir(self) -> Path:
@@ -111,6 +114,10 @@ class Settings:
         store_owners = (env.get("IMAGEN_STORE_OWNERS") or "").strip()
         if store_owners not in ("", "hub"):
             raise ConfigError(f"IMAGEN_STORE_OWNERS={store_owners!r} must be 'hub' or unset")
+        hub_unix_user = (env.get("IMAGEN_HUB_UNIX_USER") or "").strip() or "{name}"
+        from .users import check_unix_user_pattern
+
+        check_unix_user_pattern(hub_unix_user)
         bucket = (env.get("IMAGEN_BUCKET") or "").strip() or "images"
         if "/" in bucket:
             raise ConfigError(f"IMAGEN_BUCKET={bucket!r} is not a bucket name; it must not contain '/'")
@@ -130,4 +137,5 @@ class Settings:
             bucket=bucket,
             bucket_public=_bool(env, "IMAGEN_BUCKET_PUBLIC", False),
             store_owners=store_owners,
+            hub_unix_user=hub_unix_user,
         )

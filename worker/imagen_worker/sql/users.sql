@@ -1,4 +1,4 @@
--- Users with login roles of their own (imagen_worker.users; migration 0009).
+-- Users with login roles of their own (imagen_worker.users; migrations 0009, 0011).
 
 -- name: add_user
 select imagen.add_user($1, $2, $3, $4, $5, $6, $7)
@@ -22,3 +22,12 @@ select imagen.current_owner()
 
 -- name: hub_name_of
 select hub_name from imagen.users where owner_user_id = $1
+
+-- name: clear_quotas
+update imagen.users set max_pending = null, max_cost_per_day = null where hub_name = $1
+
+-- name: current_hub_name
+select imagen.current_hub_name()
+
+-- name: set_pool_login
+select imagen.set_pool_login($1)

@@ -40,7 +40,7 @@ def storage_from_settings(settings: Settings) -> Storage:
                 raise ConfigError("IMAGEN_STORE_OWNERS=hub needs IMAGEN_DATABASE_URL (the hub's database)")
             from ..users import HubStoreOwners
 
-            owner_uids = HubStoreOwners(settings.database_url)
+            owner_uids = HubStoreOwners(settings.database_url, settings.hub_unix_user)
         return LocalStorage(
             settings.store_dir,
             bucket=settings.bucket,
