@@ -26,7 +26,7 @@ from imagen_worker.errors import InvalidField, NotFound, VersionConflict
 from imagen_worker.service import Request, StreamClosed
 from imagen_worker.service.cursor import Cursor
 
-from .runtime import Runtime, runtime
+from .runtime import Notices, Runtime, runtime
 
 log = logging.getLogger("imagen.canvas")
 
@@ -240,9 +240,13 @@ class Canvas(anywidget.AnyWidget):
         """Queue the image node `node` (every image node when None) as the view's Generate does: one
         job per variant, its prompt from a connected prompt node, refining from a connected image
         node's current image. Returns the jobs."""
-        return self._rt.call(lambda: self._generate(node))
+        notices = Notices()
+        try:
+            return self._rt.call(lambda: self._generate(node, notices.said))
+        finally:
+            notices.show()
 
-    async def _generate(self, node: str | None) -> list[dict[str, Any]]:
+    async def _generate(self, node: str | None, said: list[str] | None = None) -> list[dict[str, Any]]:
         rt = self._rt
         service = rt.service
         assert service is not None
@@ -255,7 +259,7 @@ class Canvas(anywidget.AnyWidget):
         for node_id in targets:
             bodies = await node_job_bodies(rt, canvas, node_id)
             made = [await service.create_job(rt.owner, body) for body in bodies]
-            await rt.ensure_worker(made[0]["provider"] if made else None)
+            await rt.ensure_worker(made[0]["provider"] if made else None, said)
             jobs += made
             current[node_id] = made[0]["id"]
 

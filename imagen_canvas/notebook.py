@@ -27,7 +27,7 @@ from imagen_worker.scheduling import BATCH, INTERACTIVE
 from imagen_worker.service import StreamClosed
 from imagen_worker.service.cursor import Cursor
 
-from .runtime import Runtime, runtime
+from .runtime import Notices, Runtime, runtime
 
 TERMINAL = ("done", "failed", "cancelled")
 DISPLAY_SIDE = 512
@@ -466,16 +466,22 @@ async def _wait_all(
 
 
 def _run_sync(
-    rt: Runtime, make: Callable[[], Any], job_ids: Callable[[], list[str]], tick: Callable[[], None] | None = None
+    rt: Runtime,
+    make: Callable[[], Any],
+    job_ids: Callable[[], list[str]],
+    tick: Callable[[], None] | None = None,
+    notices: Notices | None = None,
 ) -> Any:
-    """Run `make()` on the runtime and wait, staying interruptible; on Ctrl-C (or the stop button)
-    cancel the jobs submitted so far and say so."""
+    """Run `make()` on the runtime and wait, staying interruptible and showing the runtime's notices as
+    they come; on Ctrl-C (or the stop button) cancel the jobs submitted so far and say so."""
     future = rt.submit(make)
     try:
         while True:
             try:
                 return future.result(timeout=0.1)
             except concurrent.futures.TimeoutError:
+                if notices is not None:
+                    notices.show()
                 if tick is not None:
                     tick()
     except KeyboardInterrupt:
@@ -493,6 +499,9 @@ def _run_sync(
             file=sys.stderr,
         )
         raise
+    finally:
+        if notices is not None:
+            notices.show()
 
 
 def _body(prompt: str, provider: str | None, spec: dict[str, Any]) -> dict[str, Any]:
@@ -504,33 +513,37 @@ def generate(prompt: str, provider: str | None = None, **spec: Any) -> Generatio
     aspect_ratio, quality, seed, negative_prompt, style_modifiers, previous_image_id, options."""
     rt = runtime()
     submitted: list[str] = []
+    notices = Notices()
 
     async def go() -> dict[str, Any]:
         assert rt.service is not None
         body = _body(prompt, provider, spec)
-        await rt.ensure_worker(body.get("provider"))
+        await rt.ensure_worker(body.get("provider"), notices.said)
         job = await rt.service.create_job(rt.owner, body, default_priority=INTERACTIVE)
         submitted.append(job["id"])
         return (await _wait_all(rt, [job["id"]], None))[0]
 
-    return Generation(_run_sync(rt, go, lambda: submitted), rt)
+    return Generation(_run_sync(rt, go, lambda: submitted, notices=notices), rt)
 
 
 async def agenerate(prompt: str, provider: str | None = None, **spec: Any) -> Generation:
     """`generate` for async code; cancelling the awaiting task cancels the job."""
     rt = runtime()
     submitted: list[str] = []
+    notices = Notices()
 
-    async def go() -> dict[str, Any]:
+    async def queue() -> str:
         assert rt.service is not None
         body = _body(prompt, provider, spec)
-        await rt.ensure_worker(body.get("provider"))
+        await rt.ensure_worker(body.get("provider"), notices.said)
         job = await rt.service.create_job(rt.owner, body, default_priority=INTERACTIVE)
         submitted.append(job["id"])
-        return (await _wait_all(rt, [job["id"]], None))[0]
+        return str(job["id"])
 
     try:
-        return Generation(await rt.acall(go), rt)
+        job_id = await rt.acall(queue)
+        notices.show()
+        return Generation((await rt.acall(lambda: _wait_all(rt, [job_id], None)))[0], rt)
     except asyncio.CancelledError:
         if submitted:
 
@@ -577,10 +590,12 @@ def sweep(
     submitted: list[str] = []
     finished: list[dict[str, Any]] = []
 
+    notices = Notices()
+
     async def go() -> list[dict[str, Any]]:
         assert rt.service is not None
         for name in {b.get("provider") for b in bodies}:
-            await rt.ensure_worker(name)
+            await rt.ensure_worker(name, notices.said)
         jobs = await rt.service.create_jobs(rt.owner, bodies, default_priority=BATCH)
         submitted.extend(j["id"] for j in jobs)
         return await _wait_all(rt, submitted, finished.append, group_id)
@@ -594,7 +609,7 @@ def sweep(
             bar.update(len(finished) - bar.n)
 
     try:
-        jobs = _run_sync(rt, go, lambda: submitted, tick)
+        jobs = _run_sync(rt, go, lambda: submitted, tick, notices)
         tick()
     finally:
         if bar is not None:

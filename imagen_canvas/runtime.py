@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import sys
 import threading
 import uuid
 from collections.abc import Callable, Coroutine
@@ -105,8 +106,9 @@ class Runtime:
             try:
                 await self._start()
             except BaseException as exc:
-                self._started.set_exception(exc)
-                self._started = None
+                started, self._started = self._started, None
+                started.set_exception(exc)
+                started.exception()  # callers waiting on it get it; unawaited, it is not logged as lost
                 raise
             self._started.set_result(None)
         await asyncio.shield(self._started)
@@ -146,9 +148,10 @@ class Runtime:
             "worker": None if worker is None else {"in_flight": worker.in_flight, **worker.stats},
         }
 
-    async def ensure_worker(self, provider: str | None = None) -> Worker | None:
+    async def ensure_worker(self, provider: str | None = None, said: list[str] | None = None) -> Worker | None:
         """Start a worker for this owner in the runtime unless a live worker can already run
-        `provider` (any provider when None). Returns the worker started, if one was."""
+        `provider` (any provider when None). Returns the worker started, if one was; the notice that
+        says so goes to the runtime's listeners (canvas views) and into `said`, for the caller to show."""
         assert self.service is not None
         if self.worker is not None:
             return None
@@ -175,10 +178,15 @@ class Runtime:
                 break
             await asyncio.sleep(0.02)
         reason = "no live worker" if not workers else f"no live worker runs {wanted}"
-        self.notice(f"imagen: {reason}; started one in this kernel for your jobs ({config.worker_id})")
+        text = f"imagen: {reason}; started one in this kernel for your jobs ({config.worker_id})"
+        if said is not None:
+            said.append(text)
+        self.notice(text)
         return self.worker
 
     def notice(self, text: str) -> None:
+        """Tell the canvas views (and the log). Printing is the caller's: it happens in the caller's thread
+        (see `Notices`), where Jupyter shows it under the cell that made the call."""
         log.info("%s", text)
         for callback in list(self.notices):
             with contextlib.suppress(Exception):
@@ -210,6 +218,21 @@ class Runtime:
         self._loop = None
         self._thread = None
         self._started = None
+
+
+class Notices:
+    """What the runtime said during one call (that it started a worker), shown to the user once, printed
+    from the caller's thread: ipykernel routes a background thread's output to the cell that started
+    the thread, so the runtime's own thread printing would put it under some earlier cell, or nowhere."""
+
+    def __init__(self) -> None:
+        self.said: list[str] = []
+        self._shown = 0
+
+    def show(self) -> None:
+        while self._shown < len(self.said):
+            print(self.said[self._shown], file=sys.stderr, flush=True)
+            self._shown += 1
 
 
 _runtime: Runtime | None = None

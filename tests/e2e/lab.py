@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -27,6 +29,18 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "build" / "screenshots"
+BUNDLE = Path(__file__).resolve().parents[2] / "imagen_canvas" / "static" / "canvas.js"
+BUILD_COMMAND = "cd js && npm ci && npm run build"
+
+
+def require_bundle(bundle: Path = BUNDLE) -> None:
+    """Fail, never skip, when the canvas bundle is missing: a browser test without it tests nothing, and a
+    skip would let a broken build pass CI unnoticed."""
+    if not bundle.is_file():
+        pytest.fail(
+            f"the canvas bundle {bundle} is not built: run `{BUILD_COMMAND}` (or `pip install -e .`, which runs it)",
+            pytrace=False,
+        )
 
 
 def free_port() -> int:

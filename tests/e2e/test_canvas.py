@@ -6,23 +6,34 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import time
+import urllib.error
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 from playwright.sync_api import expect
 
-from .lab import Server, execute_in_notebook_kernel, jupyter, open_notebook, run_all_cells, screenshot
+from .lab import (
+    Server,
+    execute_in_notebook_kernel,
+    jupyter,
+    kernel_ready,
+    open_notebook,
+    require_bundle,
+    run_all_cells,
+    screenshot,
+)
 
-STATIC = Path(__file__).resolve().parents[2] / "imagen_canvas" / "static" / "canvas.js"
-pytestmark = pytest.mark.skipif(not STATIC.exists(), reason="the canvas bundle is not built (pip install -e .)")
 
-# Sockets the page opens to the event stream, so a test can drop them mid-job.
-TRACK_SOCKETS = """(() => { const W = window.WebSocket; window.__imagenSockets = [];
-  window.WebSocket = class extends W { constructor(...a) { super(...a);
-    if (String(a[0]).includes('imagen/api/events')) window.__imagenSockets.push(this); } }; })()"""
+@pytest.fixture(autouse=True, scope="module")
+def bundle_built() -> None:
+    """A missing bundle fails every test here (never a silent skip), naming the build command."""
+    require_bundle()
 
 
 @pytest.fixture(scope="module")
@@ -35,9 +46,9 @@ def canvas_cell(canvas_id: str, setup: str = "") -> list[str]:
     return [f"from imagen_canvas import Canvas\ncanvas = Canvas(canvas_id={canvas_id!r}, height=720)\n{setup}\ncanvas"]
 
 
-def open_canvas(page: Any, server: Server, setup: str = "") -> tuple[str, Any]:
+def open_canvas(page: Any, server: Server, setup: str = "", canvas_id: str | None = None) -> tuple[str, Any]:
     """A notebook showing a new canvas; (the notebook's name, the canvas's locator)."""
-    canvas_id = str(uuid.uuid4())
+    canvas_id = canvas_id or str(uuid.uuid4())
     name = server.write_notebook(f"canvas-{canvas_id[:8]}.ipynb", canvas_cell(canvas_id, setup))
     open_notebook(page, server, name)
     run_all_cells(page)
@@ -68,6 +79,90 @@ def generate_done(page: Any, node: Any, prompt: str) -> Any:
     thumb = node.get_by_test_id("node-thumbnail")
     loaded(page, thumb)
     return thumb
+
+
+EVENTS_SOCKET = re.compile(r"/imagen/api/events(\?|$)")
+# GET api/jobs (a canvas's jobs) and GET api/jobs/{id}: the REST reads that could also tell a view a job is done.
+JOB_READS = re.compile(r"/imagen/api/jobs(/[0-9a-f-]{36})?(\?|$)")
+
+
+@dataclass
+class EventsGate:
+    """Every `imagen/api/events` socket of the page, routed through Playwright: proxied to the server while
+    the gate is open (recording each socket's URL and what the server sent on it); while it is closed, the
+    live sockets are dropped and every reconnect is refused at once, so the page hears nothing."""
+
+    page: Any
+    open: bool = True
+    live: list[Any] = field(default_factory=list)
+    # (the socket's URL, the messages the server sent on it), one per proxied socket, oldest first.
+    sockets: list[tuple[str, list[dict[str, Any]]]] = field(default_factory=list)
+    refused: int = 0
+
+    def __post_init__(self) -> None:
+        self.page.route_web_socket(EVENTS_SOCKET, self._route)
+
+    def _route(self, ws: Any) -> None:
+        if not self.open:
+            self.refused += 1
+            ws.close(code=4503, reason="held down by the test")
+            return
+        received: list[dict[str, Any]] = []
+        self.sockets.append((ws.url, received))
+        server = ws.connect_to_server()
+
+        def from_server(message: str | bytes) -> None:
+            if isinstance(message, str):
+                received.append(json.loads(message))
+            ws.send(message)
+
+        server.on_message(from_server)
+        ws.on_message(lambda message: server.send(message))
+        self.live.append(ws)
+
+    def kill(self) -> int:
+        """Close the gate and drop every live socket; how many were dropped."""
+        self.open = False
+        live, self.live = self.live, []
+        for ws in live:
+            ws.close(code=4001, reason="killed by the test")
+        return len(live)
+
+
+@dataclass
+class HeldJobReads:
+    """The page's REST reads of jobs are held (not answered) while `holding`, then let through."""
+
+    page: Any
+    holding: bool = True
+    held: list[Any] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.page.route(lambda url: bool(JOB_READS.search(url)), self._route)
+
+    def _route(self, route: Any) -> None:
+        if self.holding and route.request.method == "GET":
+            self.held.append(route)
+        else:
+            route.continue_()
+
+    def release(self) -> int:
+        self.holding = False
+        held, self.held = self.held, []
+        for route in held:
+            route.continue_()
+        return len(held)
+
+
+def wait_for_job(page: Any, server: Server, canvas_id: str, status: str, timeout: float = 30.0) -> dict[str, Any]:
+    """Poll the server (not through the page) until the canvas's one job has `status`; the job."""
+    deadline = time.monotonic() + timeout
+    while True:
+        jobs = server.api(f"imagen/api/jobs?canvas_id={canvas_id}")["jobs"]
+        if len(jobs) == 1 and jobs[0]["status"] == status:
+            return dict(jobs[0])
+        assert time.monotonic() < deadline, f"the job never became {status}: {jobs}"
+        page.wait_for_timeout(100)  # lets Playwright run the route handlers meanwhile
 
 
 def test_generate_shows_pending_running_done_a_thumbnail_the_lightbox_and_history(page: Any, lab: Server) -> None:
@@ -109,6 +204,7 @@ def test_a_running_job_shows_progress_and_cancels(page: Any, lab: Server) -> Non
     screenshot(page, "canvas-running")
     node.get_by_test_id("cancel-button").click()
     expect(node.get_by_test_id("node-status")).to_have_text("cancelled", timeout=15_000)
+    screenshot(page, "canvas-cancelled")
 
 
 def test_one_prompt_connected_to_two_image_nodes_runs_both(page: Any, lab: Server) -> None:
@@ -139,38 +235,66 @@ def test_undo_brings_back_a_deleted_node(page: Any, lab: Server) -> None:
     page.keyboard.press("Control+z")
     expect(nodes).to_have_count(1)
     expect(nodes.first.get_by_test_id("prompt-input")).to_have_value("keep me")
+    screenshot(page, "canvas-undo")
 
 
-def test_a_reload_restores_the_canvas_and_its_images(page: Any, lab: Server) -> None:
+# In the page before any of the view's own listeners: the save state the toolbar shows when the page starts
+# to unload (`beforeunload` comes first, then `pagehide`), kept across the reload.
+RECORD_SYNC_AT_UNLOAD = """addEventListener('beforeunload', () => { const s = document.querySelector(
+  '[data-testid=sync-state]'); sessionStorage.setItem('imagenSyncAtUnload', s ? s.className : 'none'); });"""
+
+
+def test_a_reload_right_after_an_edit_keeps_the_edit_and_restores_the_images(page: Any, lab: Server) -> None:
+    page.context.add_init_script(RECORD_SYNC_AT_UNLOAD)
     _, canvas = open_canvas(page, lab)
     canvas.get_by_test_id("add-image-node").click()
     generate_done(page, canvas.get_by_test_id("image-node").last, "a paper boat")
+    expect(canvas.get_by_test_id("sync-state")).to_have_class(re.compile(r"\bic-sync-saved\b"), timeout=10_000)
+    # The edits and the reload follow each other at once: the debounced save (250 ms) has not run when
+    # the page unloads, so only the view's flush on close can save them.
     canvas.get_by_test_id("add-prompt-node").click()
-    page.wait_for_timeout(1500)  # the debounced save
+    canvas.get_by_test_id("prompt-node").first.get_by_test_id("prompt-input").fill("typed right before the reload")
     page.reload()
-    from .lab import kernel_ready
-
     kernel_ready(page)
+    assert "ic-sync-pending" in page.evaluate("sessionStorage.getItem('imagenSyncAtUnload')"), (
+        "the edit was saved before the page unloaded: this test no longer exercises the flush on close"
+    )
     run_all_cells(page)
     canvas = page.get_by_test_id("imagen-canvas")
     expect(canvas.get_by_test_id("image-node")).to_have_count(1, timeout=60_000)
     expect(canvas.get_by_test_id("prompt-node")).to_have_count(1)
+    prompt = canvas.get_by_test_id("prompt-node").first.get_by_test_id("prompt-input")
+    expect(prompt).to_have_value("typed right before the reload")
     loaded(page, canvas.get_by_test_id("node-thumbnail").first)
     expect(canvas.get_by_test_id("image-node").first.get_by_test_id("prompt-input")).to_have_value("a paper boat")
     screenshot(page, "canvas-reloaded")
 
 
 def test_a_job_still_shows_done_after_the_websocket_is_killed_mid_job(page: Any, lab: Server) -> None:
-    page.context.add_init_script(TRACK_SOCKETS)
-    _, canvas = open_canvas(page, lab, 'canvas.add_image("slow but sure", provider="local", options={"delay_s": 3})')
+    """The socket stays down until the job is done in the database, and the page's REST reads of jobs are
+    held meanwhile, so only the resumed socket's replay (`since`) can tell the view the job is done."""
+    gate = EventsGate(page)
+    canvas_id = str(uuid.uuid4())
+    setup = 'canvas.add_image("slow but sure", provider="local", options={"delay_s": 3})'
+    _, canvas = open_canvas(page, lab, setup, canvas_id=canvas_id)
     node = canvas.get_by_test_id("image-node").first
     node.get_by_test_id("generate-button").click()
     expect(node.get_by_test_id("node-status")).to_have_text("running", timeout=20_000)
-    killed = page.evaluate("() => { const s = window.__imagenSockets; s.forEach(w => w.close()); return s.length; }")
-    assert killed >= 1
+    reads = HeldJobReads(page)
+    assert gate.kill() >= 1
+    job = wait_for_job(page, lab, canvas_id, "done")
+    page.wait_for_timeout(500)
+    expect(node.get_by_test_id("node-status")).to_have_text("running")  # nothing told the view yet
+    assert gate.refused >= 1  # the view tried to reconnect while the gate was closed
+    gate.open = True
     expect(node.get_by_test_id("node-status")).to_have_text("done", timeout=30_000)
+    # What told it: the socket that resumed from the last cursor, whose replay carried the job's `done`.
+    url, received = gate.sockets[-1]
+    assert "since=" in url, url
+    assert any(m.get("job_id") == job["id"] and m.get("status") == "done" for m in received)
+    reads.release()  # the view's fetch of the finished job (its image) goes through now
     loaded(page, node.get_by_test_id("node-thumbnail"))
-    assert page.evaluate("() => window.__imagenSockets.length") > killed  # it reconnected
+    screenshot(page, "canvas-after-socket-kill")
 
 
 def test_a_hostile_prompt_shows_as_text_and_runs_nothing(page: Any, lab: Server) -> None:
@@ -182,6 +306,7 @@ def test_a_hostile_prompt_shows_as_text_and_runs_nothing(page: Any, lab: Server)
     generate_done(page, node, hostile)
     node.get_by_test_id("node-thumbnail").click()
     expect(page.get_by_test_id("lightbox-prompt")).to_have_text(hostile)
+    screenshot(page, "canvas-hostile-prompt")
     page.keyboard.press("Escape")
     assert page.evaluate("window.pwned") == 0
     assert page.locator("img[src=x]").count() == 0
@@ -191,8 +316,23 @@ def test_the_smoke_flow_in_notebook_7(page: Any, e2e_env: dict[str, str], e2e_di
     with jupyter("notebook", e2e_dir / "notebooks", e2e_env) as notebook:
         _, canvas = open_canvas(page, notebook)
         canvas.get_by_test_id("add-image-node").click()
-        generate_done(page, canvas.get_by_test_id("image-node").last, "a red fox in Notebook 7")
+        node = canvas.get_by_test_id("image-node").last
+        generate_done(page, node, "a red fox in Notebook 7")
         screenshot(page, "notebook7-done")
+        node.get_by_test_id("node-thumbnail").click()
+        lightbox = page.get_by_test_id("lightbox")
+        expect(lightbox).to_be_visible()
+        page.wait_for_function(
+            "() => { const i = document.querySelector('[data-testid=lightbox-image]'); return i && i.naturalWidth > 0 }"
+        )
+        screenshot(page, "notebook7-lightbox")
+        page.keyboard.press("Escape")
+        expect(lightbox).to_have_count(0)
+        node.get_by_test_id("generate-button").click()
+        expect(node.get_by_test_id("history-position")).to_have_text("2 / 2", timeout=10_000)
+        expect(node.get_by_test_id("node-status")).to_have_text("done", timeout=30_000)
+        node.get_by_test_id("history-prev").click()
+        expect(node.get_by_test_id("history-position")).to_have_text("1 / 2")
 
 
 def test_generate_to_done_through_the_kernel_when_the_extension_is_off(
@@ -207,6 +347,9 @@ def test_generate_to_done_through_the_kernel_when_the_extension_is_off(
     with jupyter("lab", e2e_dir / "notebooks", env) as lab_without:
         status = lab_without.api("api/status")
         assert status is not None
+        with pytest.raises(urllib.error.HTTPError) as off:
+            lab_without.api("imagen/api/health")
+        assert off.value.code == 404  # the extension really is off in this server
         name, canvas = open_canvas(page, lab_without)
         canvas.get_by_test_id("add-image-node").click()
         thumb = generate_done(page, canvas.get_by_test_id("image-node").last, "a fox through the kernel")

@@ -1,10 +1,12 @@
-"""Every code block of docs/ is run (or parsed) here, so the docs cannot rot.
+"""Every code block of docs/ and of README.md is run (or parsed) here, so the docs cannot rot.
 
 Each fence names its language. `sh` and `bash` blocks run in bash (errexit, pipefail) and `sql`
 blocks through psql, against a fresh database with an `imagen worker` running beside them;
-`python` blocks run in a fresh interpreter; `json` and `yaml` blocks must parse; `text` blocks are output
-samples and are only read. A block whose paragraph right above starts with **Needs …:** (a key, a
-Supabase project, systemd) cannot run here and is skipped, with that reason.
+`python` blocks run in a fresh interpreter against the same database; `json` and `yaml` blocks must
+parse; `text` blocks are output samples and are only read. A block whose paragraph right above starts
+with **Needs …:** (a key, a Supabase project, systemd), or that is preceded by an HTML comment
+`<!-- Needs …: -->` (where a visible note would be in the way, as at the top of the README), cannot
+run here and is skipped, with that reason.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import pytest
 from ..conftest import IMAGEN, REPO, _create_database, _drop_database, run_sync, url_for
 
 DOCS = REPO / "docs"
+README = REPO / "README.md"
 LANGUAGES = {"sh", "bash", "sql", "python", "json", "yaml", "text"}
 _FENCE = re.compile(r"^```(\S*)[^\n]*\n(.*?)^```\s*$", re.MULTILINE | re.DOTALL)
 
@@ -40,16 +43,18 @@ class Block:
 
     @property
     def id(self) -> str:
-        return f"{self.path.relative_to(DOCS)}:{self.line}"
+        return f"{self.path.relative_to(REPO)}:{self.line}"
 
 
 def blocks() -> list[Block]:
     out = []
-    for path in sorted(DOCS.rglob("*.md")):
+    for path in [*sorted(DOCS.rglob("*.md")), README]:
         text = path.read_text()
         for match in _FENCE.finditer(text):
             before = text[: match.start()].rstrip().rsplit("\n\n", 1)[-1].strip()
-            needs = re.match(r"\*\*(Needs [^*:]+):?\*\*", before)
+            needs = re.match(r"\*\*(Needs [^*:]+):?\*\*", before) or re.search(
+                r"<!--\s*(Needs [^:>]+)[^>]*-->$", before
+            )
             out.append(
                 Block(
                     path,
@@ -63,6 +68,13 @@ def blocks() -> list[Block]:
 
 
 BLOCKS = blocks()
+
+
+def test_the_python_blocks_of_the_docs_and_the_readme_are_run_not_skipped() -> None:
+    """The README's tour and the docs' Python examples are executed below (not merely parsed or marked)."""
+    run = {b.path for b in BLOCKS if b.language == "python" and not b.needs}
+    assert README in run, "README.md's python block is not run"
+    assert run - {README}, "no python block of docs/ is run"
 
 
 def test_every_fence_names_its_language() -> None:

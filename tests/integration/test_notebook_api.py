@@ -4,7 +4,9 @@ the runtime's own worker, `local` and the OpenAI fake driven through the real `o
 from __future__ import annotations
 
 import _thread
+import asyncio
 import base64
+import contextlib
 import io
 import re
 import threading
@@ -24,7 +26,9 @@ from imagen_canvas.runtime import Runtime
 from imagen_worker.errors import InvalidField
 
 from ..conftest import run_sync
+from ..fakes._server import FakeServer
 from ..fakes.openai_server import FakeOpenAI
+from ..fakes.supabase_storage import FakeSupabaseStorage
 
 
 @pytest.fixture
@@ -45,6 +49,22 @@ def rows(db_url: str, query: str, *args: Any) -> list[asyncpg.Record]:
             await conn.close()
 
     return run_sync(go)
+
+
+@contextlib.contextmanager
+def serving(*fakes: FakeServer) -> Iterator[list[str]]:
+    """Fake servers on a loop of their own (the runtime's is not started yet, and configure() replaces it)."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        yield [asyncio.run_coroutine_threadsafe(f.start(), loop).result(10) for f in fakes]
+    finally:
+        for fake in fakes:
+            asyncio.run_coroutine_threadsafe(fake.stop(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
 
 
 def thumbnails(html: str) -> list[Image.Image]:
@@ -203,3 +223,81 @@ def test_a_canvas_job_during_a_running_200_job_sweep_starts_before_the_sweep_end
         click["started_at"],
     )
     assert later[0]["n"] > 0, "the canvas job started only after the whole sweep"
+
+
+def test_agenerate_awaits_the_generation_while_the_callers_loop_keeps_running(rt: Runtime) -> None:
+    async def main() -> tuple[imagen_canvas.Generation, int]:
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        ticking = asyncio.create_task(tick())
+        gen = await imagen_canvas.agenerate("a red fox", size="64x64", seed=3, options={"delay_s": 0.5})
+        ticking.cancel()
+        return gen, ticks
+
+    gen, ticks = asyncio.run(main())
+    assert (gen.status, gen.seed, gen.image.size) == ("done", 3, (64, 64))
+    assert ticks >= 20  # the awaiting loop ran on through the half second the provider took
+
+
+def test_cancelling_the_task_awaiting_agenerate_cancels_its_job(rt: Runtime, db_url: str) -> None:
+    async def main() -> str:
+        conn = await asyncpg.connect(db_url)
+        try:
+            task = asyncio.create_task(imagen_canvas.agenerate("slow", size="64x64", options={"delay_s": 10}))
+            deadline = time.monotonic() + 30
+            while not await conn.fetchval("select count(*) from imagen.jobs where status = 'running'"):
+                assert time.monotonic() < deadline and not task.done()
+                await asyncio.sleep(0.05)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            return str(await conn.fetchval("select status from imagen.jobs"))
+        finally:
+            await conn.close()
+
+    assert asyncio.run(main()) == "cancelled"  # at once, not 10 s later as done
+
+
+def test_configure_sets_the_database_the_storage_and_the_default_provider_in_code(
+    db_url: str, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What configure() is given wins over the environment: here IMAGEN_DATABASE_URL names a server that
+    does not exist, IMAGEN_STORAGE and IMAGEN_DEFAULT_PROVIDER are unset (local and local)."""
+    monkeypatch.setenv("IMAGEN_DATABASE_URL", "postgresql://nobody@127.0.0.1:1/nowhere")
+    monkeypatch.delenv("IMAGEN_STORAGE", raising=False)
+    monkeypatch.delenv("IMAGEN_DEFAULT_PROVIDER", raising=False)
+    monkeypatch.setenv("IMAGEN_DATA_DIR", str(data_dir))
+    monkeypatch.setenv("IMAGEN_POLL_INTERVAL", "0.2")
+    openai, supabase = FakeOpenAI(), FakeSupabaseStorage()
+    supabase.create_bucket("images")
+    with serving(openai, supabase) as (openai_url, supabase_url):
+        monkeypatch.setenv("OPENAI_BASE_URL", openai_url)
+        monkeypatch.setenv("OPENAI_API_KEY", openai.api_key)
+        monkeypatch.setenv("SUPABASE_URL", supabase_url + "/")
+        monkeypatch.setenv("SUPABASE_SERVICE_ROLE_KEY", supabase.service_role_key)
+        owner = uuid.uuid4()
+        runtime = imagen_canvas.configure(
+            database_url=db_url, storage="supabase", default_provider="openai", owner_user_id=owner
+        )
+        try:
+            gen = imagen_canvas.generate("a red fox")
+            assert (gen.status, gen.provider) == ("done", "openai"), gen.error
+            assert supabase.stored("images", f"{owner}/{gen.id}.png") is not None
+            assert gen.image.size[0] > 0  # read back from the Supabase store
+        finally:
+            runtime.close()
+    (job,) = rows(db_url, "select provider, status from imagen.jobs where owner_user_id = $1", owner)
+    assert (job["provider"], job["status"]) == ("openai", "done")
+    assert not any(data_dir.rglob("*.png"))  # nothing went to the local store
+
+
+def test_a_sweep_outside_a_kernel_shows_a_text_progress_bar(rt: Runtime, capsys: pytest.CaptureFixture[str]) -> None:
+    imagen_canvas.sweep(["a red fox"], seeds=2, size="64x64")
+    err = capsys.readouterr().err
+    assert "sweep: 100%" in err and "2/2" in err, err

@@ -83,6 +83,36 @@ def test_the_committed_notebooks_carry_no_outputs() -> None:
                 assert cell.outputs == [] and cell.execution_count is None, f"{path.name} has outputs; strip them"
 
 
+SWEEP = """
+from imagen_canvas import sweep
+sweep(["a red fox"], seeds=3, size="64x64")
+"""
+
+
+def test_a_sweep_in_a_kernel_shows_its_progress_as_a_notebook_widget_bar(db_url: str, data_dir: Path) -> None:
+    """tqdm.auto's choice in a kernel: an ipywidgets bar (HBox of a FloatProgress) that reaches the
+    total, not a text bar in the cell's stderr."""
+    env = {**os.environ, "IMAGEN_DATABASE_URL": db_url, "IMAGEN_DATA_DIR": str(data_dir)}
+    nb = one_cell(SWEEP)
+    outputs = run_notebook(nb, REPO, env)
+    assert_clean(outputs)
+    views = [
+        o["data"]["application/vnd.jupyter.widget-view+json"]["model_id"]
+        for o in outputs
+        if o.get("output_type") == "display_data" and "application/vnd.jupyter.widget-view+json" in o["data"]
+    ]
+    assert len(views) == 1, outputs
+    state = nb.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]
+    shown = state[views[0]]
+    assert shown["model_name"] == "HBoxModel"
+    parts = [state[ref.removeprefix("IPY_MODEL_")] for ref in shown["state"]["children"]]
+    (bar,) = [p for p in parts if p["model_name"] == "FloatProgressModel"]
+    assert (bar["state"]["value"], bar["state"]["max"]) == (3, 3)
+    assert "sweep" in " ".join(str(p["state"].get("value", "")) for p in parts if p["model_name"] == "HTMLModel")
+    stderr = "".join(o.get("text", "") for o in outputs if o.get("name") == "stderr")
+    assert "3/3" not in stderr  # no text bar as well
+
+
 @pytest.fixture
 def fresh_data_dir() -> Iterator[Path]:
     """A data directory no embedded database has used yet (the embedded server runs as its own user)."""
@@ -102,8 +132,6 @@ def _fresh_env(data: Path) -> dict[str, str]:
 
 
 GENERATE = """
-import logging, sys
-logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="%(name)s %(message)s")
 from imagen_canvas import generate
 generate("a red fox")
 """
@@ -114,8 +142,9 @@ def test_generate_in_a_fresh_kernel_on_a_fresh_embedded_database_needs_no_set_up
     assert_clean(outputs)
     shown = [o for o in outputs if o.get("output_type") == "execute_result"]
     assert shown and {"image/png", "text/html"} <= set(shown[0]["data"])
-    text = "".join(o.get("text", "") for o in outputs)
-    assert "started one in this kernel" in text  # no live worker: the kernel ran it, and said so
+    said = [o for o in outputs if o.get("output_type") == "stream" and "started one in this kernel" in o["text"]]
+    # No live worker: the kernel ran it, and said so once, under this cell (no logging set up to see it).
+    assert len(said) == 1 and said[0]["text"].count("started one in this kernel") == 1, outputs
     assert (fresh_data_dir / "pgdata").is_dir()
 
 

@@ -142,8 +142,6 @@ class Service:
         self.config = config or ServiceConfig()
         self.login_owner = login_owner
         self._workers: dict[uuid.UUID, _WorkersSeen] = {}
-        # Whether the pool's login may write job_events (checked once; see _announce_pending).
-        self._login_announces: bool | None = None
 
     def transaction(self, owner: uuid.UUID) -> Any:
         """A connection in a transaction acting for `owner` under row-level security."""
@@ -214,7 +212,7 @@ class Service:
                 )
             waiting = None
             if row["created"]:
-                await self._announce_pending(conn, owner, [uuid.UUID(job["id"])])
+                await self._announce_pending(conn, [uuid.UUID(job["id"])])
             if row["created"] and row["live_workers"] == 0:
                 waiting = await self._waiting_reason(conn, owner, provider_name, fresh=True)
                 if waiting is not None:
@@ -223,27 +221,12 @@ class Service:
                 waiting = await self._waiting_reason(conn, owner, job["provider"])
         return job_json(job, waiting_for_worker=waiting)
 
-    async def _announce_pending(self, conn: Connection, owner: uuid.UUID, job_ids: list[uuid.UUID]) -> None:
+    async def _announce_pending(self, conn: Connection, job_ids: list[uuid.UUID]) -> None:
         """Write and announce a `pending` state event for each job just queued, in the queuing
         transaction (docs/adr/0006-event-stream.md, amendment), so every view of the owner hears of a
-        new job whatever transport queued it. Users' roles may not write job_events (they are granted
-        reads only), so under `as_owner` the pool's own login writes them, as the transition trigger
-        does, for these ids of this owner only, and the transaction then returns to the owner's role.
-        A login that may not insert events (a JupyterHub user's own login without a worker, ADR 0008)
-        writes none: the job is then announced by its first transition, as a job queued by SQL is."""
-        if self._login_announces is False:
-            return
-        switch = self.login_owner is None  # under as_owner: write as the pool's login, then come back
-        if switch:
-            await conn.execute("reset role")
-        if self._login_announces is None:
-            self._login_announces = bool(
-                await conn.fetchval("select has_table_privilege('imagen.job_events', 'INSERT')")
-            )
-        if self._login_announces:
-            await conn.fetchval(q("announce_pending"), job_ids, owner)
-        if switch:
-            await conn.execute(f"set local role {OWNER_ROLE}")
+        new job whatever transport queued it. Users' roles may only read job_events: the write goes
+        through imagen.announce_pending(), which takes the caller's own jobs only (migration 0012)."""
+        await conn.fetchval(q("announce_pending"), job_ids)
 
     def _validate_job(
         self, body: bytes | str | Mapping[str, Any] | None
@@ -310,7 +293,7 @@ class Service:
                 )
             by_id = {j["id"]: j for j in row["jobs"]}
             jobs: list[dict[str, Any]] = [by_id[r["id"]] for r in rows]  # in the order asked
-            await self._announce_pending(conn, owner, [uuid.UUID(j["id"]) for j in jobs])
+            await self._announce_pending(conn, [uuid.UUID(j["id"]) for j in jobs])
             live = set(row["live_providers"])
             waiting: dict[str, str | None] = {}
             for provider in {j["provider"] for j in jobs if j["provider"] not in live}:

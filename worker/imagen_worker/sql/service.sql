@@ -46,32 +46,9 @@ select coalesce((select to_jsonb(i) from ins i), (select to_jsonb(e) from existi
        exists (select 1 from ins) as created
 
 -- name: announce_pending
--- A `state` event with status `pending` for each of these jobs just queued by the service, written in
--- the queuing transaction and announced on imagen_job_events as the transition trigger announces its
--- events (chunks of 40), so every view of the owner learns of a new job at once and a resume with
--- `since` replays it. Jobs INSERTed by plain SQL (the queue's pickup path, ADR 0005) write none.
--- $1 job ids (in the order asked), $2 their owner. Returns the number of events written.
-with ev as (
-  insert into imagen.job_events (job_id, owner_user_id, kind, payload)
-  select j.id, j.owner_user_id, 'state', jsonb_build_object('status', 'pending')
-    from unnest($1::uuid[]) with ordinality as a(id, n)
-    join imagen.jobs j on j.id = a.id
-   where j.owner_user_id = $2
-     and j.status = 'pending'
-   order by a.n
-  returning id, job_id, owner_user_id
-),
-c as (
-  select e.id,
-         (row_number() over (order by e.id) - 1) / 40 as chunk,
-         json_build_object('event_id', e.id, 'job_id', e.job_id, 'owner_user_id', e.owner_user_id,
-                           'kind', 'state', 'status', 'pending')::text as event
-    from ev e
-)
-select coalesce(sum(n), 0)::int
-  from (select count(*) as n, pg_notify('imagen_job_events', '[' || string_agg(c.event, ',' order by c.id) || ']')
-          from c
-         group by c.chunk) sent
+-- A `pending` state event for each of these jobs just queued (migration 0012; the caller's own only).
+-- $1 job ids, in the order asked. Returns the number of events written.
+select imagen.announce_pending($1::uuid[])
 
 -- name: job_by_key
 select to_jsonb(j) as job from imagen.jobs j where j.owner_user_id = $1 and j.idempotency_key = $2
