@@ -48,10 +48,9 @@ def test_a_malformed_worker_concurrency_variable_names_itself(monkeypatch: pytes
 
 
 def _documented_traitlets() -> dict[str, str]:
-    text = DOCS.read_text()
-    section = text.split("## Jupyter server extension", 1)[1].split("\n## ", 1)[0]
-    rows = re.findall(r"^\| `([a-z_]+)` \| ([^|]+) \|", section, flags=re.MULTILINE)
-    return {name: default.strip() for name, default in rows}
+    """traitlet -> its row (variable and default) in the one table of docs/configuration.md."""
+    rows = re.findall(r"^\| ([^|]+) \| `([a-z_]+)` \| ([^|]+) \|", DOCS.read_text(), flags=re.MULTILINE)
+    return {name: f"{variable.strip()} {default.strip()}" for variable, name, default in rows}
 
 
 def test_the_configuration_table_lists_every_traitlet_and_its_environment_fallback() -> None:
