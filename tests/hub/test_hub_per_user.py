@@ -109,7 +109,9 @@ def test_a_users_job_completes_and_its_events_reach_that_users_socket_only(hub: 
             return seen_a, seen_b
 
     seen_a, seen_b = asyncio.run(go())
-    assert [m["status"] for m in seen_a if m["kind"] == "state"][-2:] == ["running", "done"]
+    job_id = seen_a[-1]["job_id"]
+    trail = [m["status"] for m in seen_a if m["kind"] == "state" and m["job_id"] == job_id]
+    assert trail == ["pending", "running", "done"], seen_a
     assert not [m for m in seen_b if m.get("kind") in ("state", "progress", "waiting")]
 
 
