@@ -14,6 +14,8 @@ import contextlib
 import functools
 import io
 import logging
+import re
+import urllib.parse
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -25,7 +27,9 @@ import traitlets
 from imagen_worker.errors import InvalidField, NotFound, VersionConflict
 from imagen_worker.service import Request, StreamClosed
 from imagen_worker.service.cursor import Cursor
+from imagen_worker.service.generate import needed_graph
 
+from .outbox import Outbox
 from .runtime import Notices, Runtime, runtime
 
 log = logging.getLogger("imagen.canvas")
@@ -48,7 +52,8 @@ export default {
 };
 """
 TERMINAL = ("done", "failed", "cancelled")
-_PENDING_LIMIT = 200
+# The kernel-transport requests that queue jobs: `POST jobs` and a node's Generate (docs/api.md).
+_GENERATE = re.compile(r"^canvases/[^/]+/nodes/(?P<node>[^/]+)/generate$")
 
 
 class _OpenSaved:
@@ -82,7 +87,7 @@ class Canvas(anywidget.AnyWidget):
     def __init__(self, canvas_id: str | uuid.UUID | None = None, name: str | None = None, height: int = 600) -> None:
         self._rt: Runtime = runtime()
         self._views_ready = False
-        self._outbox: list[tuple[dict[str, Any], list[bytes]]] = []
+        self._outbox = Outbox()
         self._forwarding: Any = None
         self._callbacks: list[Callable[[dict[str, Any]], None]] = []
         try:
@@ -237,9 +242,9 @@ class Canvas(anywidget.AnyWidget):
     # -- generating ----------------------------------------------------------------------------
 
     def generate(self, node: str | None = None) -> list[dict[str, Any]]:
-        """Queue the image node `node` (every image node when None) as the view's Generate does: one
-        job per variant, its prompt from a connected prompt node, refining from a connected image
-        node's current image. Returns the jobs."""
+        """Queue the image node `node` (every image node when None) as the view's Generate does, through
+        the same service operation (`Service.generate_node`): one job per variant, its prompt from the
+        connected prompt nodes, refining from a connected image node's current image. Returns the jobs."""
         notices = Notices()
         try:
             return self._rt.call(lambda: self._generate(node, notices.said))
@@ -251,17 +256,18 @@ class Canvas(anywidget.AnyWidget):
         service = rt.service
         assert service is not None
         canvas = await service.get_canvas(rt.owner, self.canvas_id)
-        targets = [n["id"] for n in canvas["nodes"] if n["type"] == "image" and (node is None or n["id"] == node)]
+        targets = [n for n in canvas["nodes"] if n["type"] == "image" and (node is None or n["id"] == node)]
         if node is not None and not targets:
             raise InvalidField(f"node: no image node {node!r} on this canvas", field="node")
         jobs: list[dict[str, Any]] = []
         current: dict[str, str] = {}
-        for node_id in targets:
-            bodies = await node_job_bodies(rt, canvas, node_id)
-            made = [await service.create_job(rt.owner, body) for body in bodies]
-            await rt.ensure_worker(made[0]["provider"] if made else None, said)
+        for target in targets:
+            provider = target["data"].get("provider")
+            await rt.ensure_worker(provider if isinstance(provider, str) and provider else None, said)
+            graph = needed_graph(canvas["nodes"], canvas["edges"], target["id"])
+            made = (await service.generate_node(rt.owner, self.canvas_id, target["id"], graph))["jobs"]
             jobs += made
-            current[node_id] = made[0]["id"]
+            current[target["id"]] = made[0]["id"]
 
         def point(c: dict[str, Any]) -> None:
             for n in c["nodes"]:
@@ -314,8 +320,7 @@ class Canvas(anywidget.AnyWidget):
         kind = content.get("type")
         if kind == "ready":
             self._views_ready = True
-            outbox, self._outbox = self._outbox, []
-            for message, bufs in outbox:
+            for message, bufs in self._outbox.drain():
                 self.send(message, bufs)
             self._start_forwarding()
         elif kind == "request":
@@ -326,10 +331,12 @@ class Canvas(anywidget.AnyWidget):
         rt = self._rt
         assert rt.router is not None
         method = str(content.get("method") or "GET").upper()
-        path = str(content.get("path") or "")
+        # As the server extension's REST handler has it: path segments percent-decoded (a node id).
+        path = urllib.parse.unquote(str(content.get("path") or ""))
         body = content.get("body")
-        if method == "POST" and path.strip("/") == "jobs" and isinstance(body, dict):
-            await rt.ensure_worker(body.get("provider"))
+        queues, provider = _queued_provider(method, path, body)
+        if queues:
+            await rt.ensure_worker(provider)
         request = Request(
             method=method,
             path=path,
@@ -356,8 +363,7 @@ class Canvas(anywidget.AnyWidget):
 
         def send() -> None:
             if not self._views_ready and message.get("type") != "response":
-                if len(self._outbox) < _PENDING_LIMIT:
-                    self._outbox.append((message, bufs))
+                self._outbox.put(message, bufs)
                 return
             self.send(message, bufs)
 
@@ -427,58 +433,23 @@ async def _get_canvas(rt: Runtime, canvas_id: str) -> dict[str, Any]:
     return await rt.service.get_canvas(rt.owner, canvas_id)
 
 
-async def node_job_bodies(rt: Runtime, canvas: dict[str, Any], node_id: str) -> list[dict[str, Any]]:
-    """The `POST jobs` bodies of one Generate of an image node (docs/api.md, Canvas): its prompt from
-    the prompt nodes connected to it (else its own, else that of the image it refines), its spec from
-    its data, one body per variant (seed + i when the seed is locked), and `previous_image_id` from a
-    connected image node's current image. The view's Generate builds the same bodies."""
-    assert rt.service is not None
-    nodes = {n["id"]: n for n in canvas["nodes"]}
-    data = nodes[node_id]["data"]
-    sources = [nodes[e["source"]] for e in canvas["edges"] if e["target"] == node_id and e["source"] in nodes]
-    prompts = [s["data"] for s in sources if s["type"] == "prompt"]
-    if prompts:
-        prompt = ", ".join(p.get("text", "").strip() for p in prompts if p.get("text", "").strip())
-        style = [m for p in prompts for m in (p.get("style_modifiers") or [])]
-    else:
-        prompt, style = str(data.get("prompt") or ""), []
-    previous = None
-    for source in sources:
-        job_id = source["data"].get("current_job_id") if source["type"] == "image" else None
-        if job_id:
-            made_it = await rt.service.get_job(rt.owner, job_id)
-            previous = made_it.get("image_id")
-            if previous is None:
-                raise InvalidField(
-                    f"previous_image_id: node {source['id']} has no finished image to refine from yet",
-                    field="previous_image_id",
-                )
-            # A refinement with no prompt of its own keeps the prompt that made the image.
-            if not prompt.strip():
-                prompt, style = made_it["prompt"], style or list(made_it["spec"].get("style_modifiers") or [])
-    group_id = str(uuid.uuid4())
-    variants = int(data.get("variants") or 1)
-    seed = data.get("seed")
-    bodies = []
-    for i in range(variants):
-        body: dict[str, Any] = {
-            "prompt": prompt,
-            "provider": data.get("provider"),
-            "model": data.get("model"),
-            "size": data.get("size"),
-            "aspect_ratio": data.get("aspect_ratio"),
-            "quality": data.get("quality"),
-            "negative_prompt": data.get("negative_prompt"),
-            "options": data.get("options") or None,
-            "style_modifiers": style or None,
-            "previous_image_id": previous,
-            "seed": seed + i if data.get("seed_locked") and seed is not None else None,
-            "canvas_id": canvas["id"],
-            "node_id": node_id,
-            "group_id": group_id,
-        }
-        bodies.append({k: v for k, v in body.items() if v is not None})
-    return bodies
+def _queued_provider(method: str, path: str, body: Any) -> tuple[bool, str | None]:
+    """Whether a kernel-transport request queues jobs, and the provider it names (None: the default):
+    the kernel starts a worker first where no live worker can run them."""
+    if method != "POST" or not isinstance(body, dict):
+        return False, None
+    path = path.strip("/")
+    if path == "jobs":
+        provider = body.get("provider")
+        return True, provider if isinstance(provider, str) and provider else None
+    match = _GENERATE.match(path)
+    if match is None:
+        return False, None
+    for node in body.get("nodes") or ():
+        if isinstance(node, dict) and node.get("id") == match["node"] and isinstance(node.get("data"), dict):
+            provider = node["data"].get("provider")
+            return True, provider if isinstance(provider, str) and provider else None
+    return True, None
 
 
 def _result_or_error(future: Any, content: dict[str, Any]) -> tuple[dict[str, Any], list[bytes]]:

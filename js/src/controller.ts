@@ -1,8 +1,8 @@
 // One canvas view's work: loading, the event stream, Generate/Cancel, history and saving, over one Transport.
 import { ImagenApi } from "./api/client";
-import { type Health, type Job, type JobEvent, type StreamMessage, TERMINAL } from "./api/types";
+import { type GenerateAnswer, type GenerateGraph, type Health, type Job, type JobEvent, type StreamMessage, TERMINAL } from "./api/types";
 import { imageTargets, isImageNode, isPromptNode, nodeById, uuidV4 } from "./state/graph";
-import { planGeneration } from "./state/generate";
+import { generationGraph } from "./state/generate";
 import { groupHistory, groupIndexOfJob, isActive } from "./state/history";
 import {
   type CanvasStore,
@@ -199,7 +199,12 @@ export class CanvasController {
     }
   }
 
-  /** Generate: `variants` jobs of one new group for an image node; a prompt node runs every image node it feeds. */
+  /**
+   * Generate: one request, in which the server builds and queues `variants` jobs of one new group for an image
+   * node from the graph as this view holds it; a prompt node runs every image node it feeds. While the request
+   * is out the node shows pending; a refusal (no prompt, nothing to refine from yet, a 400 naming a field) is
+   * said on the node.
+   */
   async generate(nodeId: string): Promise<void> {
     const state = this.store.getState();
     const node = nodeById(state.nodes, nodeId);
@@ -217,28 +222,16 @@ export class CanvasController {
     if (node.data.seed_locked && node.data.seed === null) {
       updateNodeData(this.store, nodeId, { seed: Math.floor(Math.random() * 2 ** 31) });
     }
-    const now = this.store.getState();
-    const plan = planGeneration({
-      nodes: now.nodes,
-      edges: now.edges,
-      jobs: now.jobs,
-      providers: now.providers,
-      canvasId: this.canvasId,
-      nodeId,
-      groupId: uuidV4(),
-    });
-    if ("error" in plan) {
-      setNodeError(this.store, nodeId, plan.error);
-      return;
-    }
     setNodeError(this.store, nodeId, null);
     this.store.setState((s) => ({ submitting: { ...s.submitting, [nodeId]: true } }));
     try {
-      // A job names its canvas, which must be stored first (a new canvas's first save is still debounced),
-      // and the node as the job was made from it is what Python and other views should see.
-      if (this.sync.version === 0 || this.sync.dirty) await this.sync.flush().catch(() => undefined);
-      const results = await Promise.allSettled(plan.bodies.map((body, i) => this.submit(body, `${plan.group_id}:${i}`)));
-      const jobs = results.flatMap((r) => (r.status === "fulfilled" ? [r.value] : []));
+      // A job names its canvas, which must be stored first (a new canvas's first save is still debounced).
+      // Unsaved edits need no save first: the request carries the node and its inputs as this view has them.
+      if (this.sync.version === 0) await this.sync.flush().catch(() => undefined);
+      const now = this.store.getState();
+      const graph = generationGraph(now.nodes, now.edges, nodeId);
+      if (!graph) return;
+      const { jobs } = await this.submit(nodeId, graph, uuidV4());
       for (const job of jobs) {
         this.createdHere.add(job.id);
         this.lastHeard.set(job.id, Date.now());
@@ -247,8 +240,8 @@ export class CanvasController {
       upsertJobs(this.store, jobs, (id) => this.eventCounts.has(id));
       const first = jobs[0];
       if (first) setCurrentJob(this.store, nodeId, first.id);
-      const failure = results.find((r) => r.status === "rejected") as PromiseRejectedResult | undefined;
-      if (failure) setNodeError(this.store, nodeId, describeFailure(failure.reason));
+    } catch (err) {
+      setNodeError(this.store, nodeId, describeFailure(err));
     } finally {
       this.store.setState((s) => {
         const submitting = { ...s.submitting };
@@ -258,14 +251,14 @@ export class CanvasController {
     }
   }
 
-  /** POST one job; a network failure is retried once with the same Idempotency-Key (never twice the job). */
-  private async submit(body: Parameters<ImagenApi["createJob"]>[0], key: string): Promise<Job> {
+  /** One Generate request; a network failure is retried once with the same Idempotency-Key (never twice the jobs). */
+  private async submit(nodeId: string, graph: GenerateGraph, key: string): Promise<GenerateAnswer> {
     try {
-      return await this.api.createJob(body, key);
+      return await this.api.generateNode(this.canvasId, nodeId, graph, key);
     } catch (err) {
       if (!(err instanceof ApiError) || err.status !== 0) throw err;
       await new Promise((r) => setTimeout(r, 1000));
-      return this.api.createJob(body, key);
+      return this.api.generateNode(this.canvasId, nodeId, graph, key);
     }
   }
 

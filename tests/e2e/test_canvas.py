@@ -393,3 +393,117 @@ canvas.connect(prompt, right)
         "print(sorted(n['data'].get('current_job_id') is not None for n in canvas.nodes if n['type'] == 'image'))",
     )
     assert said.strip() == "[True, True]"  # Python sees what the view did
+
+
+CANVAS_SAVE = re.compile(r"/imagen/api/canvases/[0-9a-f-]{36}(\?|$)")
+
+
+@dataclass
+class SimultaneousSaves:
+    """While armed, each page's next canvas save (PUT) is held until every page has sent one; then all go at
+    once, each based on the same stored version, so all but one are refused (409) and must merge. Records the
+    status of every save answered."""
+
+    pages: list[Any]
+    armed: bool = False
+    held: dict[int, Any] = field(default_factory=dict)
+    statuses: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        for i, page in enumerate(self.pages):
+            page.route(CANVAS_SAVE, lambda route, i=i: self._route(i, route))
+            page.on("response", self._response)
+
+    def _route(self, i: int, route: Any) -> None:
+        if route.request.method != "PUT" or not self.armed or i in self.held:
+            route.continue_()
+            return
+        self.held[i] = route
+        if len(self.held) == len(self.pages):
+            self.armed = False
+            for held in self.held.values():
+                held.continue_()
+
+    def _response(self, response: Any) -> None:
+        if response.request.method == "PUT" and CANVAS_SAVE.search(response.url):
+            self.statuses.append(response.status)
+
+
+def flow_position(page: Any, node_id: str) -> str:
+    """The node's place on the canvas (React Flow's transform, in flow coordinates: pan and zoom apart)."""
+    return str(page.locator(f'.react-flow__node[data-id="{node_id}"]').evaluate("el => el.style.transform"))
+
+
+def test_two_views_of_one_canvas_converge_within_a_second_and_keep_each_others_edits(
+    page: Any, browser: Any, lab: Server
+) -> None:
+    """Two tabs (each its own browser context, notebook, kernel and event socket) show Canvas(canvas_id=same).
+    An edit in one (a node added, a node moved, a prompt typed) shows in the other within a second; edits of
+    different nodes made in both at the same moment both survive, in each view and in the database."""
+    canvas_id = str(uuid.uuid4())
+    setup = (
+        'canvas.add_image("left", provider="local", x=0, y=0)\ncanvas.add_image("right", provider="local", x=420, y=0)'
+    )
+    first = lab.write_notebook(f"view-a-{canvas_id[:8]}.ipynb", canvas_cell(canvas_id, setup))
+    second = lab.write_notebook(f"view-b-{canvas_id[:8]}.ipynb", canvas_cell(canvas_id))
+    other = browser.new_context(viewport={"width": 1400, "height": 1000})
+    try:
+        views = []
+        for tab, name in ((page, first), (other.new_page(), second)):
+            open_notebook(tab, lab, name)
+            run_all_cells(tab)
+            canvas = tab.get_by_test_id("imagen-canvas")
+            expect(canvas.get_by_test_id("image-node")).to_have_count(2, timeout=60_000)
+            expect(canvas.get_by_test_id("sync-state")).to_have_class(re.compile(r"\bic-sync-saved\b"), timeout=10_000)
+            views.append((tab, canvas))
+        (a, in_a), (b, in_b) = views
+        assert a.evaluate("document.visibilityState") == b.evaluate("document.visibilityState") == "visible"
+        left, right = (in_a.get_by_test_id("image-node").nth(i).get_attribute("data-node-id") for i in (0, 1))
+        assert left and right
+
+        def node(canvas: Any, node_id: str) -> Any:
+            return canvas.locator(f'[data-testid=image-node][data-node-id="{node_id}"]')
+
+        # A node added in A shows in B.
+        in_a.get_by_test_id("add-prompt-node").click()
+        expect(in_b.get_by_test_id("prompt-node")).to_have_count(1, timeout=1_000)
+        # A node moved in B moves in A.
+        before = flow_position(a, left)
+        head = node(in_b, left).locator(".ic-node-head").bounding_box()
+        b.mouse.move(head["x"] + 40, head["y"] + head["height"] / 2)
+        b.mouse.down()
+        b.mouse.move(head["x"] + 160, head["y"] + 120, steps=8)
+        b.mouse.up()
+        moved = flow_position(b, left)
+        assert moved != before
+        a.wait_for_function(
+            "([id, want]) => document.querySelector(`.react-flow__node[data-id='${id}']`)?.style.transform === want",
+            arg=[left, moved],
+            timeout=1_000,
+        )
+        # A prompt typed in A shows in B.
+        node(in_a, left).get_by_test_id("prompt-input").fill("a fox typed in A")
+        expect(node(in_b, left).get_by_test_id("prompt-input")).to_have_value("a fox typed in A", timeout=1_000)
+        for _, canvas in views:
+            expect(canvas.get_by_test_id("sync-state")).to_have_class(re.compile(r"\bic-sync-saved\b"), timeout=5_000)
+
+        # Different nodes edited in both at the same moment: both saves leave with the same base version.
+        saves = SimultaneousSaves([a, b], armed=True)
+        node(in_a, left).get_by_test_id("prompt-input").fill("left, edited in A")
+        node(in_b, right).get_by_test_id("prompt-input").fill("right, edited in B")
+        deadline = time.monotonic() + 1.0  # a second from the later edit, for all four to show in both views
+        for _, canvas in views:
+            for node_id, text in ((left, "left, edited in A"), (right, "right, edited in B")):
+                remaining = max(1.0, (deadline - time.monotonic()) * 1000)
+                expect(node(canvas, node_id).get_by_test_id("prompt-input")).to_have_value(text, timeout=remaining)
+        assert not saves.armed and 409 in saves.statuses, saves.statuses  # one of them really had to merge
+        for _, canvas in views:
+            expect(canvas.get_by_test_id("sync-state")).to_have_class(re.compile(r"\bic-sync-saved\b"), timeout=5_000)
+        stored = lab.api(f"imagen/api/canvases/{canvas_id}")
+        prompts = {n["id"]: n["data"].get("prompt") for n in stored["nodes"] if n["type"] == "image"}
+        assert prompts == {left: "left, edited in A", right: "right, edited in B"}
+        assert [n["type"] for n in stored["nodes"]].count("prompt") == 1
+        assert flow_position(a, left) == moved
+        screenshot(b, "canvas-second-view")
+    finally:
+        other.close()

@@ -91,6 +91,64 @@ def test_messages_to_views_wait_for_the_ready_handshake(rt: Runtime) -> None:
     views.wait(lambda m: m.get("event", {}).get("message") == "early")
 
 
+def test_no_message_held_for_views_before_the_handshake_is_lost_however_many(rt: Runtime) -> None:
+    """More than the 200 the outbox once held: a job's events, a save and a notice per job, before any view
+    is ready. Each job's latest state, the latest save and every distinct notice reach the view."""
+    canvas = Canvas()
+    views = Views(canvas)
+    jobs = [f"job-{i}" for i in range(400)]
+    for i, job_id in enumerate(jobs):
+        for status in ("pending", "running"):
+            canvas._post({"type": "event", "event": {"kind": "state", "job_id": job_id, "status": status}})
+        canvas._post({"type": "event", "event": {"kind": "progress", "job_id": job_id, "progress": 0.5}})
+        canvas._post({"type": "event", "event": {"kind": "state", "job_id": job_id, "status": "done"}})
+        canvas._post({"type": "event", "event": {"kind": "canvas", "canvas_id": canvas.canvas_id, "version": i + 1}})
+    canvas._post({"type": "event", "event": {"kind": "notice", "message": "started a worker"}})
+    assert views.sent == []
+    canvas._on_custom_message(None, {"type": "ready", "view_id": "v1"}, [])
+    events = [m["event"] for m, _ in views.sent if m.get("type") == "event"]
+    latest = {e["job_id"]: e["status"] for e in events if e["kind"] == "state"}
+    assert latest == dict.fromkeys(jobs, "done")
+    assert [e["version"] for e in events if e["kind"] == "canvas"] == [400]
+    assert [e["message"] for e in events if e["kind"] == "notice"] == ["started a worker"]
+    # Coalesced, in order: a job's progress comes before its done, as it was sent.
+    kinds = [(e["kind"], e.get("job_id")) for e in events if e.get("job_id") == "job-7"]
+    assert kinds == [("progress", "job-7"), ("state", "job-7")]
+    assert len(events) < 900
+
+
+def test_a_views_generate_through_the_kernel_builds_the_nodes_jobs_and_starts_a_worker_first(rt: Runtime) -> None:
+    canvas = Canvas()
+    views = Views(canvas)
+    canvas._on_custom_message(None, {"type": "ready", "view_id": "v1"}, [])
+    node = {
+        "id": "img 1",
+        "type": "image",
+        "data": {"prompt": "typed, not saved yet", "provider": "local", "variants": 2},
+    }
+    source = {"id": "p1", "type": "prompt", "data": {"text": "a lighthouse", "style_modifiers": ["ink"]}}
+    graph = {"nodes": [node, source], "edges": [{"id": "e1", "source": "p1", "target": "img 1"}]}
+    path = f"canvases/{canvas.canvas_id}/nodes/img%201/generate"  # the view percent-encodes the node id
+    reply, _ = views.request("POST", path, body=graph, headers={"Idempotency-Key": "click-1"})
+    assert reply["status"] == 201, reply
+    jobs = reply["body"]["jobs"]
+    assert [j["node_id"] for j in jobs] == ["img 1", "img 1"] and len({j["group_id"] for j in jobs}) == 1
+    assert {j["prompt"] for j in jobs} == {"a lighthouse"} and jobs[0]["spec"]["style_modifiers"] == ["ink"]
+    # No live worker could run them, so the kernel started one before queueing them, and said so.
+    views.wait(lambda m: m.get("type") == "event" and m["event"]["kind"] == "notice")
+    assert all(j["waiting_for_worker"] is None for j in jobs)
+    for job in jobs:
+        views.wait(
+            lambda m, job_id=job["id"]: (
+                m.get("type") == "event" and m["event"].get("job_id") == job_id and m["event"].get("status") == "done"
+            )
+        )
+    again, _ = views.request("POST", path, body=graph, headers={"Idempotency-Key": "click-1"})
+    assert [j["id"] for j in again["body"]["jobs"]] == [j["id"] for j in jobs]
+    refused, _ = views.request("POST", path, body={"nodes": [{**node, "data": {"prompt": ""}}]})
+    assert refused["status"] == 400 and refused["body"]["error"]["field"] == "prompt"
+
+
 def test_python_builds_and_runs_a_canvas_a_view_would_show(rt: Runtime) -> None:
     canvas = Canvas(name="from python")
     prompt = canvas.add_prompt("a lighthouse at dusk", style_modifiers=["oil painting"])

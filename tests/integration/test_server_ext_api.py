@@ -213,6 +213,7 @@ async def test_every_route_refuses_a_request_without_authentication(
         ("GET", ("health",)),
         ("GET", ("providers",)),
         ("PUT", ("canvases", str(uuid.uuid4()))),
+        ("POST", ("canvases", str(uuid.uuid4()), "nodes", "n1", "generate")),
         ("GET", ("stats",)),
     ]:
         status, answer = await api(
@@ -314,6 +315,40 @@ async def test_a_repeated_post_with_the_same_idempotency_key_returns_the_same_jo
         assert await conn.fetchval("select count(*) from imagen.jobs") == 2
     finally:
         await conn.close()
+
+
+async def test_a_nodes_generate_over_rest_queues_its_variants_announced_and_a_retry_returns_them(
+    jp_fetch: Any, jp_ws_fetch: Any
+) -> None:
+    await ready(jp_fetch)
+    canvas_id = str(uuid.uuid4())
+    status, _ = await api(jp_fetch, "canvases", canvas_id, method="PUT", body={"version": 0, "nodes": [], "edges": []})
+    assert status == 201
+    ws = await jp_ws_fetch("imagen", "api", "events")
+    await message(ws)
+    node = {
+        "id": "image 1",
+        "type": "image",
+        "data": {"prompt": "a red fox", "variants": 2, "seed": 5, "seed_locked": True},
+    }
+    parts = ("canvases", canvas_id, "nodes", "image 1", "generate")  # jp_fetch percent-encodes it
+    key = {"Idempotency-Key": "click-1"}
+    status, answer = await api(jp_fetch, *parts, method="POST", body={"nodes": [node], "edges": []}, headers=key)
+    assert status == 201, answer
+    jobs = answer["jobs"]
+    assert [(j["node_id"], j["spec"]["seed"]) for j in jobs] == [("image 1", 5), ("image 1", 6)]
+    events: list[dict[str, Any]] = []
+    for job in jobs:
+        if not any(finished(job["id"])(e) for e in events):
+            events += await messages_until(ws, finished(job["id"]))
+    for job in jobs:
+        mine = [e["status"] for e in events if e.get("job_id") == job["id"] and e["kind"] == "state"]
+        assert mine == ["pending", "running", "done"]
+    status, again = await api(jp_fetch, *parts, method="POST", body={"nodes": [node], "edges": []}, headers=key)
+    assert status == 201 and [j["id"] for j in again["jobs"]] == [j["id"] for j in jobs]
+    status, refused = await api(jp_fetch, *parts, method="POST", body={"nodes": [node], "edges": [], "x": 1})
+    assert status == 400 and refused["error"]["field"] == "x"
+    ws.close()
 
 
 @config(run_worker=False, max_pending_jobs=3)

@@ -252,6 +252,17 @@ export interface JobCreate {
   max_attempts?: number;
 }
 
+/** `POST api/canvases/{id}/nodes/{node_id}/generate` body: the node, the edges into it and their sources. */
+export interface GenerateGraph {
+  nodes: { id: string; type: CanvasNodeType; data: Record<string, unknown> }[];
+  edges: CanvasEdge[];
+}
+
+/** Its answer: the jobs of one generation (one per variant, one `group_id`), first variant first. */
+export interface GenerateAnswer {
+  jobs: Job[];
+}
+
 export interface ErrorBody {
   error: {
     code: string;

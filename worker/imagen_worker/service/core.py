@@ -37,11 +37,23 @@ from ..errors import (
 )
 from ..migrate import pending_migrations
 from ..providers import ProviderRegistry
+from ..providers.base import Capabilities
 from ..queries import queries
 from ..scheduling import INTERACTIVE
 from ..spec import ImagePromptSpec, parse_spec
 from ..storage import Storage
-from .models import CanvasSave, ImageVariant, JobCreate, parse_body, query_int, query_status, query_str, query_uuid
+from .generate import MAX_VARIANTS, NodeInputs, SourceImage, node_inputs, node_job_bodies
+from .models import (
+    CanvasSave,
+    GenerateGraph,
+    ImageVariant,
+    JobCreate,
+    parse_body,
+    query_int,
+    query_status,
+    query_str,
+    query_uuid,
+)
 from .shapes import canvas_json, event_json, image_json, job_json, worker_json
 
 # A connection of the pool, as `as_owner` hands it out.
@@ -163,10 +175,7 @@ class Service:
     ) -> dict[str, Any]:
         """Validate and queue one job (docs/api.md, `POST jobs`); an idempotent repeat returns the first."""
         req, provider_name, model, spec = self._validate_job(body)
-        if idempotency_key is not None and not 1 <= len(idempotency_key) <= 200:
-            raise InvalidField(
-                "Idempotency-Key: must be 1 to 200 characters (a UUID per request is usual)", field="Idempotency-Key"
-            )
+        _check_idempotency_key(idempotency_key)
         priority = req.priority if req.priority is not None else default_priority
         async with self.transaction(owner) as conn:
             if (
@@ -255,54 +264,166 @@ class Service:
         rows = []
         for i, body in enumerate(bodies):
             try:
-                req, provider_name, model, spec = self._validate_job(body)
+                row = self._job_row(body, default_priority)
             except InvalidField as exc:
                 raise InvalidField(f"[{i}].{exc}", field=f"[{i}].{exc.field}" if exc.field else f"[{i}]") from None
-            if spec.previous_image_id is not None:
+            if row["spec"].get("previous_image_id") is not None:
                 raise InvalidField(
                     f"[{i}].previous_image_id: a batch cannot refine; queue refinements one by one",
                     field=f"[{i}].previous_image_id",
                 )
-            rows.append(
-                {
-                    "id": str(uuid.uuid4()),
-                    "provider": provider_name,
-                    "model": model,
-                    "prompt": spec.prompt,
-                    "spec": spec.stored_spec(),
-                    "priority": req.priority if req.priority is not None else default_priority,
-                    "max_attempts": req.max_attempts,
-                    "canvas_id": str(req.canvas_id) if req.canvas_id else None,
-                    "node_id": req.node_id,
-                    "group_id": str(req.group_id) if req.group_id else None,
-                }
-            )
+            rows.append(row)
         if not rows:
             return []
         async with self.transaction(owner) as conn:
-            with _job_insert_errors("canvas_id: a job names a canvas that is not among yours; save it first"):
-                row = await conn.fetchrow(
-                    q("create_jobs"), owner, rows, self.config.max_pending, self.config.worker_stale_seconds
+            return await self._insert_jobs(conn, owner, rows)
+
+    def _job_row(
+        self, body: Mapping[str, Any], default_priority: int, idempotency_key: str | None = None
+    ) -> dict[str, Any]:
+        """A validated job body as a row of `create_jobs` (a new id)."""
+        req, provider_name, model, spec = self._validate_job(body)
+        return {
+            "id": str(uuid.uuid4()),
+            "provider": provider_name,
+            "model": model,
+            "prompt": spec.prompt,
+            "spec": spec.stored_spec(),
+            "priority": req.priority if req.priority is not None else default_priority,
+            "max_attempts": req.max_attempts,
+            "canvas_id": str(req.canvas_id) if req.canvas_id else None,
+            "node_id": req.node_id,
+            "group_id": str(req.group_id) if req.group_id else None,
+            "idempotency_key": idempotency_key,
+        }
+
+    async def _insert_jobs(
+        self, conn: Connection, owner: uuid.UUID, rows: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """Insert validated rows in one statement, in the caller's transaction: all or none (the pending
+        cap), each new job announced as pending and, where no live worker can run it, reported waiting.
+        A row whose idempotency key is taken (a concurrent repeat) is answered with the job holding it.
+        The jobs' JSON, in the order of `rows`."""
+        with _job_insert_errors("canvas_id: a job names a canvas that is not among yours; save it first"):
+            row = await conn.fetchrow(
+                q("create_jobs"), owner, rows, self.config.max_pending, self.config.worker_stale_seconds
+            )
+        assert row is not None
+        if row["capped"]:
+            raise TooManyPending(
+                f"{len(rows)} more jobs would take you past {self.config.max_pending} pending "
+                f"(you have {row['pending']}); wait for some to finish and retry",
+                retry_after=self.config.pending_retry_after,
+            )
+        by_id = {j["id"]: j for j in row["jobs"]}
+        created = [by_id[r["id"]] for r in rows if r["id"] in by_id]
+        taken = [r["idempotency_key"] for r in rows if r["id"] not in by_id and r.get("idempotency_key")]
+        by_key: dict[str, dict[str, Any]] = {}
+        if taken:
+            by_key = {r["idempotency_key"]: r["job"] for r in await conn.fetch(q("jobs_by_keys"), owner, taken)}
+        jobs: list[dict[str, Any]] = [by_id.get(r["id"]) or by_key[r["idempotency_key"]] for r in rows]
+        if created:
+            await self._announce_pending(conn, [uuid.UUID(j["id"]) for j in created])
+        live = set(row["live_providers"])
+        waiting: dict[str, str | None] = dict.fromkeys(live)
+        for provider in {j["provider"] for j in created if j["provider"] not in live}:
+            reason = await self._waiting_reason(conn, owner, provider, fresh=True)
+            waiting[provider] = reason
+            if reason is not None:
+                ids = [uuid.UUID(j["id"]) for j in created if j["provider"] == provider]
+                await conn.execute(q("report_waiting_many"), ids, reason)
+        return [await self._queued_json(conn, owner, j, waiting) for j in jobs]
+
+    async def _queued_json(
+        self, conn: Connection, owner: uuid.UUID, job: dict[str, Any], waiting: dict[str, str | None]
+    ) -> dict[str, Any]:
+        if job["status"] != "pending":
+            return job_json(job)
+        if job["provider"] not in waiting:
+            waiting[job["provider"]] = await self._waiting_reason(conn, owner, job["provider"])
+        return job_json(job, waiting_for_worker=waiting[job["provider"]])
+
+    # -- generating a canvas node ----------------------------------------------------------------
+
+    async def generate_node(
+        self,
+        owner: uuid.UUID,
+        canvas_id: uuid.UUID | str,
+        node_id: str,
+        graph: bytes | str | Mapping[str, Any] | None,
+        *,
+        idempotency_key: str | None = None,
+        default_priority: int = INTERACTIVE,
+    ) -> dict[str, Any]:
+        """One Generate of an image node (docs/api.md, `POST canvases/{id}/nodes/{node_id}/generate`):
+        `graph` is `{nodes, edges}`, the node, the edges into it and their sources as the caller holds
+        them (possibly newer than the stored canvas, which must exist). Builds the jobs' bodies
+        (imagen_worker.service.generate), resolves the image it refines from under RLS and queues one
+        job per variant under one new group, in one transaction: `{"jobs": [Job]}`. With an
+        idempotency key, a repeat returns the first generation's jobs (variant i holds `{key}:{i}`)."""
+        canvas_uuid = _uuid(canvas_id, "canvas_id")
+        body: GenerateGraph = parse_body(graph, GenerateGraph)
+        inputs = node_inputs(
+            [n.model_dump(mode="json") for n in body.nodes], [e.model_dump(mode="json") for e in body.edges], node_id
+        )
+        _check_idempotency_key(idempotency_key, suffix=f":{MAX_VARIANTS - 1}")
+        capabilities = self._node_capabilities(inputs.node.provider, inputs.node.model)
+        keys = [f"{idempotency_key}:{i}" for i in range(inputs.node.variants)] if idempotency_key else None
+        async with self.transaction(owner) as conn:
+            if await conn.fetchval(q("visible_canvas"), canvas_uuid) is None:
+                raise NotFound(
+                    f"canvas_id: no canvas {canvas_uuid} among your canvases; save it first (PUT canvases/{{id}})",
+                    field="canvas_id",
                 )
-            assert row is not None
-            if row["jobs"] is None:
-                raise TooManyPending(
-                    f"{len(rows)} more jobs would take you past {self.config.max_pending} pending "
-                    f"(you have {row['pending']}); wait for some to finish and retry",
-                    retry_after=self.config.pending_retry_after,
-                )
-            by_id = {j["id"]: j for j in row["jobs"]}
-            jobs: list[dict[str, Any]] = [by_id[r["id"]] for r in rows]  # in the order asked
-            await self._announce_pending(conn, [uuid.UUID(j["id"]) for j in jobs])
-            live = set(row["live_providers"])
-            waiting: dict[str, str | None] = {}
-            for provider in {j["provider"] for j in jobs if j["provider"] not in live}:
-                reason = await self._waiting_reason(conn, owner, provider, fresh=True)
-                waiting[provider] = reason
-                if reason is not None:
-                    ids = [uuid.UUID(j["id"]) for j in jobs if j["provider"] == provider]
-                    await conn.execute(q("report_waiting_many"), ids, reason)
-        return [job_json(j, waiting_for_worker=waiting.get(j["provider"])) for j in jobs]
+            if keys:
+                repeat = {r["idempotency_key"]: r["job"] for r in await conn.fetch(q("jobs_by_keys"), owner, keys)}
+                if repeat:
+                    found = [repeat[k] for k in keys if k in repeat]
+                    return {"jobs": [await self._queued_json(conn, owner, j, {}) for j in found]}
+            source = await self._refined_image(conn, inputs) if inputs.refines_job else None
+            bodies = node_job_bodies(
+                inputs,
+                canvas_id=str(canvas_uuid),
+                group_id=str(uuid.uuid4()),
+                source=source,
+                capabilities=capabilities,
+            )
+            rows = [self._job_row(b, default_priority, keys[i] if keys else None) for i, b in enumerate(bodies)]
+            return {"jobs": await self._insert_jobs(conn, owner, rows)}
+
+    def _node_capabilities(self, provider_name: str | None, model: str | None) -> Capabilities:
+        """The capabilities of an image node's model (the provider's default model when it names none)."""
+        try:
+            provider = self.providers.get(provider_name or self.config.default_provider)
+        except SpecError as exc:
+            raise InvalidField(str(exc), field="provider") from None
+        try:
+            return provider.capabilities(model or provider.default_model)
+        except SpecError as exc:
+            raise _field_error(exc) from None
+
+    async def _refined_image(self, conn: Connection, inputs: NodeInputs) -> SourceImage | None:
+        """What made the image the node refines from: its source node's current job, the owner's only."""
+        assert inputs.refines_job is not None
+        try:
+            job_uuid = uuid.UUID(inputs.refines_job)
+        except ValueError:
+            field = inputs.refines_field or "previous_image_id"
+            raise InvalidField(f"{field}: {inputs.refines_job[:60]!r} is not a job id", field=field) from None
+        row = await conn.fetchrow(q("refined_image"), job_uuid)
+        if row is None:
+            raise InvalidField(
+                f"previous_image_id: image node {inputs.refines!r} shows job {job_uuid}, which is not among your "
+                "jobs; generate that node again",
+                field="previous_image_id",
+            )
+        spec = row["spec"] or {}
+        modifiers = spec.get("style_modifiers") or []
+        return SourceImage(
+            image_id=str(row["image_id"]) if row["image_id"] is not None else None,
+            prompt=row["prompt"],
+            style_modifiers=tuple(m for m in modifiers if isinstance(m, str)),
+        )
 
     async def cancel_jobs(self, owner: uuid.UUID, job_ids: Sequence[uuid.UUID | str]) -> list[str]:
         """Cancel those of the owner's jobs that are still pending or running; the ids cancelled."""
@@ -595,6 +716,15 @@ def _uuid(value: uuid.UUID | str, name: str) -> uuid.UUID:
         return uuid.UUID(value)
     except ValueError:
         raise NotFound(f"{name}: {value[:60]!r} is not an id of yours (not a UUID)", field=name) from None
+
+
+def _check_idempotency_key(key: str | None, *, suffix: str = "") -> None:
+    """An Idempotency-Key header: 1 to 200 characters (with `suffix`, which the service appends)."""
+    if key is not None and not 1 <= len(key) + len(suffix) <= 200:
+        raise InvalidField(
+            f"Idempotency-Key: must be 1 to {200 - len(suffix)} characters (a UUID per request is usual)",
+            field="Idempotency-Key",
+        )
 
 
 def _field_error(exc: SpecError) -> InvalidField:

@@ -17,6 +17,8 @@ from ..spec import ImagePromptSpec
 
 MAX_BODY_BYTES = 1024 * 1024
 MAX_NODE_DATA_CHARS = 65536  # the check on imagen.canvas_nodes.data
+# A Generate's graph: the node and the sources of the edges into it.
+MAX_GENERATE_NODES = 500
 STATUSES = ("pending", "running", "done", "failed", "cancelled")
 SPEC_FIELDS = tuple(name for name in ImagePromptSpec.model_fields if name != "prompt")
 
@@ -142,6 +144,17 @@ class CanvasSave(BaseModel):
                         "an edge must join two of its nodes",
                         field=f"edges[{i}].{end}",
                     )
+
+
+class GenerateGraph(BaseModel):
+    """`POST canvases/{id}/nodes/{node_id}/generate`: what one Generate of an image node needs of the
+    canvas as the caller holds it (which may be newer than the stored one): the node, the edges into
+    it and their source nodes (imagen_worker.service.generate checks that it is no more than that)."""
+
+    model_config = _STRICT
+
+    nodes: list[NodeIn] = Field(min_length=1, max_length=MAX_GENERATE_NODES)
+    edges: list[EdgeIn] = Field(default_factory=list, max_length=MAX_GENERATE_NODES - 1)
 
 
 def _loc(loc: tuple[Any, ...]) -> str:

@@ -208,6 +208,19 @@ async def _save_canvas(r: Router, owner: uuid.UUID, req: Request, m: dict[str, s
     return _json(201 if created else 200, canvas)
 
 
+@route("POST", f"canvases/{_ID}/nodes/(?P<node>[^/]+)/generate")
+async def _generate_node(r: Router, owner: uuid.UUID, req: Request, m: dict[str, str]) -> Response:
+    answer = await r.service.generate_node(
+        owner,
+        m["id"],
+        m["node"],
+        req.body,
+        idempotency_key=req.header("Idempotency-Key"),
+        default_priority=r.default_priority,
+    )
+    return _json(201, answer)
+
+
 @route("DELETE", f"canvases/{_ID}")
 async def _delete_canvas(r: Router, owner: uuid.UUID, req: Request, m: dict[str, str]) -> Response:
     await r.service.delete_canvas(owner, m["id"])

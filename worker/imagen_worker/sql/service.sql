@@ -212,8 +212,9 @@ select pg_current_snapshot()::text
 -- name: create_jobs
 -- Queue many jobs at once unless they would take the owner past the pending cap (then none).
 -- $1 owner, $2 jsonb array of job rows (id, provider, model, prompt, spec, priority, max_attempts,
--- canvas_id, node_id, group_id), $3 the pending cap, $4 the live-worker staleness.
--- Returns one row: `jobs` (the new rows; null when capped), `pending`,
+-- canvas_id, node_id, group_id, idempotency_key), $3 the pending cap, $4 the live-worker staleness.
+-- A row whose idempotency key the owner already used is not inserted (the caller reads that job).
+-- Returns one row: `jobs` (the new rows), `capped` (none inserted: the cap), `pending`,
 -- `live_providers` (the providers some live worker can run for this owner).
 with pending as (
   select count(*) as n
@@ -222,26 +223,49 @@ with pending as (
            limit $3) p
 ),
 wanted as (
-  select r.id, r.provider, r.model, r.prompt, r.spec, r.priority, r.max_attempts, r.canvas_id, r.node_id, r.group_id
+  select r.id, r.provider, r.model, r.prompt, r.spec, r.priority, r.max_attempts, r.canvas_id, r.node_id, r.group_id,
+         r.idempotency_key
     from jsonb_to_recordset($2::jsonb)
          as r(id uuid, provider text, model text, prompt text, spec jsonb, priority smallint, max_attempts integer,
-              canvas_id uuid, node_id text, group_id uuid)
+              canvas_id uuid, node_id text, group_id uuid, idempotency_key text)
+),
+capped as (
+  select (select n from pending) + (select count(*) from wanted) > $3 as yes
 ),
 ins as (
   insert into imagen.jobs (id, owner_user_id, provider, model, prompt, spec, priority, max_attempts,
-                           canvas_id, node_id, group_id)
+                           canvas_id, node_id, group_id, idempotency_key)
   select w.id, $1, w.provider, w.model, w.prompt, w.spec, w.priority, w.max_attempts, w.canvas_id, w.node_id,
-         w.group_id
+         w.group_id, w.idempotency_key
     from wanted w
-   where (select n from pending) + (select count(*) from wanted) <= $3
+   where not (select yes from capped)
+  on conflict (owner_user_id, idempotency_key) where idempotency_key is not null do nothing
   returning *
 )
-select (select jsonb_agg(to_jsonb(i)) from ins i) as jobs,
+select coalesce((select jsonb_agg(to_jsonb(i)) from ins i), '[]'::jsonb) as jobs,
+       (select yes from capped) as capped,
        (select n from pending) as pending,
        (select coalesce(array_agg(distinct p), '{}')
           from imagen.workers w, unnest(w.providers) p
          where w.last_seen_at >= now() - make_interval(secs => $4)
            and (w.scope = 'all' or w.owner_user_id = $1)) as live_providers
+
+-- name: jobs_by_keys
+-- The owner's jobs holding these idempotency keys: `idempotency_key`, `job` (jsonb).
+select j.idempotency_key, to_jsonb(j) as job
+  from imagen.jobs j
+ where j.owner_user_id = $1 and j.idempotency_key = any($2::text[])
+
+-- name: visible_canvas
+select 1 from imagen.canvases where id = $1
+
+-- name: refined_image
+-- The job an image node shows, for a node that refines from it: its prompt, spec and image (null while
+-- not done). The owner's only, by RLS, the image included.
+select j.prompt, j.spec, i.id as image_id
+  from imagen.jobs j
+  left join imagen.images i on i.id = j.image_id
+ where j.id = $1
 
 -- name: report_waiting_many
 select imagen.report_waiting(id, $2) from unnest($1::uuid[]) as id
