@@ -7,4 +7,5 @@ cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
 root=()
 [ "$(id -u)" = 0 ] && root=(--allow-root)
-exec .venv/bin/jupyter lab --ip 127.0.0.1 --no-browser "${root[@]}" --ServerApp.root_dir=notebooks "$@" quickstart.ipynb
+exec .venv/bin/jupyter lab --ip 127.0.0.1 --no-browser "${root[@]}" --ServerApp.root_dir=notebooks \
+  --LabApp.default_url=/lab/tree/quickstart.ipynb "$@"

