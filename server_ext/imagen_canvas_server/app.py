@@ -30,6 +30,8 @@ from imagen_worker.webhooks import WebhookReceiver
 from .handlers import EventsSocket, FilesHandler, ImagenAPIHandler, WebhookHandler
 
 STARTUP_WAIT_SECONDS = 60.0
+# The service's connections (the event feed's LISTEN has one more; the in-process worker its own pool).
+SERVICE_POOL_SIZE = 3
 
 
 def _env(name: str) -> str | None:
@@ -185,7 +187,11 @@ class ImagenCanvasApp(ExtensionApp):
             services.database = "configured" if configured else "embedded"
             if not configured:
                 services.embedded_data_dir = env.data_dir
-            services.pool = await create_pool(url, min_size=1, max_size=6)
+            # A few connections, all opened at start and kept: a new one costs a fork, password
+            # authentication, type introspection and compiling the triggers' functions in a new session
+            # (several ms of CPU, measured by bench/hub.py), which a burst of requests would otherwise
+            # pay on each of many users' servers at once; requests beyond them wait in the pool.
+            services.pool = await create_pool(url, min_size=SERVICE_POOL_SIZE, max_size=SERVICE_POOL_SIZE)
             owner = await login_owner(services.pool)
             if owner is not None:
                 # A JupyterHub user's own login (ADR 0008): the owner is the database's, and it must be
