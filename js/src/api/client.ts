@@ -1,6 +1,6 @@
 // Typed calls of the routes the canvas uses, over whichever Transport was chosen.
 import type { Transport } from "../transport/transport";
-import type { Canvas, CanvasPut, GenerateAnswer, GenerateGraph, Health, Job, JobCreate, JobsPage, ProvidersAnswer } from "./types";
+import type { Canvas, CanvasPut, GenerateAnswer, GenerateGraph, Health, Job, JobsPage, ProvidersAnswer } from "./types";
 
 /** At most this many pages of 500 jobs are loaded for one canvas at start. */
 const MAX_JOB_PAGES = 10;
@@ -14,10 +14,6 @@ export class ImagenApi {
 
   providers(): Promise<ProvidersAnswer> {
     return this.transport.request<ProvidersAnswer>("GET", "providers");
-  }
-
-  createJob(body: JobCreate, idempotencyKey: string): Promise<Job> {
-    return this.transport.request<Job>("POST", "jobs", { body, headers: { "Idempotency-Key": idempotencyKey } });
   }
 
   /** One Generate of an image node: the server builds and queues its jobs (docs/api.md). */

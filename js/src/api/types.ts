@@ -232,26 +232,6 @@ export interface JobsPage {
   next_cursor: string | null;
 }
 
-/** `POST api/jobs` body: the job's fields at top level. */
-export interface JobCreate {
-  prompt: string;
-  provider?: string;
-  model?: string;
-  style_modifiers?: string[];
-  negative_prompt?: string;
-  size?: string;
-  aspect_ratio?: string;
-  quality?: string;
-  seed?: number;
-  previous_image_id?: string;
-  options?: Record<string, unknown>;
-  canvas_id?: string;
-  node_id?: string;
-  group_id?: string;
-  priority?: number;
-  max_attempts?: number;
-}
-
 /** `POST api/canvases/{id}/nodes/{node_id}/generate` body: the node, the edges into it and their sources. */
 export interface GenerateGraph {
   nodes: { id: string; type: CanvasNodeType; data: Record<string, unknown> }[];
