@@ -26,7 +26,7 @@ import asyncpg
 import httpx
 from standardwebhooks import Webhook, WebhookVerificationError
 
-from .errors import ConfigError, ImageDataError, ProviderRejected, ProviderUnavailable
+from .errors import ConfigError, ImageDataError, ProviderRejected, ProviderUnavailable, RequestError
 from .images import MAX_BYTES
 from .queries import queries
 
@@ -226,21 +226,18 @@ _CODES = {
 }
 
 
+class _Refused(RequestError):
+    """A delivery refused with `status`, in the API's one error shape (`RequestError.as_json`)."""
+
+    def __init__(self, status: int, message: str, *, code: str | None = None, field: str | None = None) -> None:
+        super().__init__(message, field=field)
+        self.status = status
+        self.code = code or _CODES.get(status, "invalid_request")
+
+
 def error_body(status: int, message: str, *, code: str | None = None, field: str | None = None) -> dict[str, Any]:
     """The API's one error shape, `{"error": {"code", "message", "field"?}}`, for a webhook answer."""
-    error: dict[str, Any] = {"code": code or _CODES.get(status, "invalid_request"), "message": message}
-    if field is not None:
-        error["field"] = field
-    return {"error": error}
-
-
-class _Refused(Exception):
-    def __init__(self, status: int, message: str, *, code: str | None = None, field: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.code = code
-        self.field = field
+    return _Refused(status, message, code=code, field=field).as_json()
 
 
 class WebhookReceiver:
@@ -283,7 +280,7 @@ class WebhookReceiver:
             delivery = self._verify(provider, {k.lower(): v for k, v in headers.items()}, body, query or {})
         except _Refused as refused:
             log.warning("webhook provider=%s refused status=%d: %s", provider[:40], refused.status, refused.message)
-            return refused.status, error_body(refused.status, refused.message, code=refused.code, field=refused.field)
+            return refused.status, refused.as_json()
         try:
             row = await self._pool.fetchrow(
                 _sql("record_delivery"),
