@@ -394,7 +394,7 @@ class Worker:
         if not self._claims and not self._stopping.is_set():
             # Nothing in flight: claim from here rather than on the dispatcher's next turn of the
             # loop, one wake-up fewer between the NOTIFY and the job's start (ADR 0005).
-            free = self._capacity - len(self._running) - len(self._ready) - self._reserved
+            free = self._free_slots()
             if free >= 1:
                 self._start_claim(min(free, self._claim_batch))
 
@@ -444,7 +444,7 @@ class Worker:
         slots, so claiming overlaps with running and completing; sleep when the queue is empty."""
         while not self._stopping.is_set():
             self._kick.clear()
-            free = self._capacity - len(self._running) - len(self._ready) - self._reserved
+            free = self._free_slots()
             empty = self._empty_gen == self._due_gen
             # With a claim already in flight, another is worth its round trip only for a full share
             # of the slots; otherwise slots freed one by one would each cost a claim statement.
@@ -468,6 +468,10 @@ class Worker:
             except TimeoutError:
                 self._due()  # the safety poll, or a scheduled job's run_at
 
+    def _free_slots(self) -> int:
+        """Jobs this worker may still claim: its capacity less those running, waiting, being claimed."""
+        return self._capacity - len(self._running) - len(self._ready) - self._reserved
+
     def _start_claim(self, n: int, ahead_of: int | None = None) -> None:
         self._reserved += n
         self._claims.add(asyncio.create_task(self._claim(n, self._due_gen, ahead_of)))
@@ -476,12 +480,7 @@ class Worker:
         """Claim up to n jobs (only of a priority up to `ahead_of`, when given) and start or keep them."""
         try:
             try:
-                if ahead_of is None:
-                    rows = await self._cycle(n)
-                else:
-                    rows = await self.pool.fetch(
-                        q("claim_next"), self.config.worker_id, n, self.config.lease_seconds, self._owner, ahead_of
-                    )
+                rows = await self._cycle(n) if ahead_of is None else await self._claim_next(n, ahead_of)
             except CONNECTION_ERRORS as exc:
                 log.warning("claim failed (%s); retrying", type(exc).__name__)
                 self._empty_gen = gen
@@ -526,6 +525,12 @@ class Worker:
             return await self._claim_within_limits(n)
         return await self._write(n)
 
+    async def _claim_next(self, n: int, up_to_priority: int = ANY_PRIORITY) -> list[asyncpg.Record]:
+        """The lean claim (claim_next, ADR 0005) of up to n jobs of a priority up to `up_to_priority`."""
+        return await self.pool.fetch(
+            q("claim_next"), self.config.worker_id, n, self.config.lease_seconds, self._owner, up_to_priority
+        )
+
     async def _limited(self) -> bool:
         """Whether any provider has limits, from a cache refreshed every LIMITS_CHECK_SECONDS. A login that
         cannot see imagen.provider_limits (a user's own worker, ADR 0008) is bound by none."""
@@ -561,9 +566,7 @@ class Worker:
         if not batch:
             # Nothing to carry (an idle worker woken by a NOTIFY, or a drain that outruns its
             # handlers): the lean statement, committed asynchronously (ADR 0005).
-            return await self.pool.fetch(
-                q("claim_next"), self.config.worker_id, n, self.config.lease_seconds, self._owner, ANY_PRIORITY
-            )
+            return await self._claim_next(n)
         ids = [job.id for job, _ in batch]
         costs = [res.cost_usd for _, res in batch]
         image_ids = [res.image.id if res.image else None for _, res in batch]
@@ -678,7 +681,7 @@ class Worker:
             self._awaiting_flush[job_id] = running.job
         if self._ready and not self._stopping.is_set():
             # The first in claim order: a job claimed later may come before jobs claimed ahead of it.
-            first = min(self._ready.values(), key=lambda j: (j.priority, j.vtime))
+            first = min(self._ready.values(), key=lambda j: (j.priority, j.vtime, j.run_at))
             self._start(self._ready.pop(first.id))
         self._kick.set()
 
