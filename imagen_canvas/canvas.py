@@ -262,8 +262,7 @@ class Canvas(anywidget.AnyWidget):
         jobs: list[dict[str, Any]] = []
         current: dict[str, str] = {}
         for target in targets:
-            provider = target["data"].get("provider")
-            await rt.ensure_worker(provider if isinstance(provider, str) and provider else None, said)
+            await rt.ensure_worker(_provider_named(target["data"]), said)
             graph = needed_graph(canvas["nodes"], canvas["edges"], target["id"])
             made = (await service.generate_node(rt.owner, self.canvas_id, target["id"], graph))["jobs"]
             jobs += made
@@ -440,16 +439,20 @@ def _queued_provider(method: str, path: str, body: Any) -> tuple[bool, str | Non
         return False, None
     path = path.strip("/")
     if path == "jobs":
-        provider = body.get("provider")
-        return True, provider if isinstance(provider, str) and provider else None
+        return True, _provider_named(body)
     match = _GENERATE.match(path)
     if match is None:
         return False, None
     for node in body.get("nodes") or ():
         if isinstance(node, dict) and node.get("id") == match["node"] and isinstance(node.get("data"), dict):
-            provider = node["data"].get("provider")
-            return True, provider if isinstance(provider, str) and provider else None
+            return True, _provider_named(node["data"])
     return True, None
+
+
+def _provider_named(fields: dict[str, Any]) -> str | None:
+    """The provider a job body or an image node's data names (None: the default)."""
+    provider = fields.get("provider")
+    return provider if isinstance(provider, str) and provider else None
 
 
 def _result_or_error(future: Any, content: dict[str, Any]) -> tuple[dict[str, Any], list[bytes]]:
