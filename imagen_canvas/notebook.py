@@ -650,16 +650,6 @@ def history(limit: int = 50, **filters: Any) -> Gallery:
 
     async def go() -> list[dict[str, Any]]:
         assert rt.service is not None
-        out: list[dict[str, Any]] = []
-        cursor = None
-        while len(out) < limit:
-            page = await rt.service.list_jobs(
-                rt.owner, {**query, "limit": str(min(500, limit - len(out))), **({"cursor": cursor} if cursor else {})}
-            )
-            out += page["jobs"]
-            cursor = page["next_cursor"]
-            if cursor is None:
-                break
-        return out
+        return await rt.service.recent_jobs(rt.owner, query, limit)
 
     return Gallery(Generation(j, rt) for j in rt.call(go))

@@ -492,18 +492,8 @@ def jobs(
 
     async def go_list() -> None:
         query = {k: v for k, v in {"status": status, "provider": provider}.items() if v is not None}
-        found: list[dict[str, Any]] = []
         async with _service(database_url, Settings.from_env()) as (_, service):
-            cursor = None
-            while len(found) < limit:
-                page = await service.list_jobs(
-                    service.login_owner or owner_id,
-                    {**query, "limit": str(min(500, limit - len(found))), **({"cursor": cursor} if cursor else {})},
-                )
-                found += page["jobs"]
-                cursor = page["next_cursor"]
-                if cursor is None:
-                    break
+            found = await service.recent_jobs(service.login_owner or owner_id, query, limit)
         for job in found:
             if as_json:
                 click.echo(json.dumps(job))

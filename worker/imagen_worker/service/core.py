@@ -465,6 +465,21 @@ class Service:
             next_cursor = _encode_page_cursor(last["created_at"], last["id"])
         return {"jobs": jobs, "next_cursor": next_cursor}
 
+    async def recent_jobs(self, owner: uuid.UUID, query: Mapping[str, str], limit: int) -> list[dict[str, Any]]:
+        """Up to `limit` of the owner's jobs, newest first, under the filters of `list_jobs`, page by page
+        (the CLI's `imagen jobs` and the notebook's `history()`)."""
+        out: list[dict[str, Any]] = []
+        cursor = None
+        while len(out) < limit:
+            page = await self.list_jobs(
+                owner, {**query, "limit": str(min(500, limit - len(out))), **({"cursor": cursor} if cursor else {})}
+            )
+            out += page["jobs"]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        return out
+
     async def get_job(self, owner: uuid.UUID, job_id: uuid.UUID | str) -> dict[str, Any]:
         job_uuid = _uuid(job_id, "job_id")
         async with self.transaction(owner) as conn:
