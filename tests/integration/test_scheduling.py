@@ -7,7 +7,7 @@ import asyncio
 import itertools
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import asyncpg
@@ -41,9 +41,14 @@ class StartLog:
         self.started.append(ctx.job.id)
         await asyncio.sleep(self.seconds)
 
-    def started_between(self, count_before: int, job_id: uuid.UUID, among: set[uuid.UUID]) -> int:
-        """How many of `among` started after the first `count_before` starts and before `job_id`."""
-        return sum(1 for j in self.started[count_before : self.started.index(job_id)] if j in among)
+    async def started_ahead(self, queue: Callable[[], Awaitable[uuid.UUID]], among: set[uuid.UUID]) -> int:
+        """Once the backlog is under way (20 started), queue one job with `queue` and wait for it to
+        start: how many of `among` started between its INSERT and its start."""
+        await wait_until(lambda: len(self.started) >= 20, "the backlog under way")
+        before = len(self.started)
+        job_id = await queue()
+        await wait_until(lambda: job_id in self.started, "the job queued last started", timeout=10)
+        return sum(1 for j in self.started[before : self.started.index(job_id)] if j in among)
 
 
 async def backlog(db: asyncpg.Connection, owner: uuid.UUID, n: int, priority: int) -> set[uuid.UUID]:
@@ -74,11 +79,7 @@ async def test_an_interactive_job_starts_in_the_next_claim_round_behind_500_batc
     log = StartLog(0.02)
     config = WorkerConfig(concurrency=2 if prefetch else 4, prefetch=prefetch, poll_interval=0.5)
     async with running_worker(db_url, log, config):
-        await wait_until(lambda: len(log.started) >= 20, "the batch under way")
-        before = len(log.started)
-        click = await one_job(db, A, INTERACTIVE)
-        await wait_until(lambda: click in log.started, "the interactive job started", timeout=10)
-        behind = log.started_between(before, click, batch)
+        behind = await log.started_ahead(lambda: one_job(db, A, INTERACTIVE), batch)
     assert behind < 10, f"{behind} batch jobs started between the click's INSERT and its start"
     if prefetch:
         # Claimed at once past the eight batch jobs the worker held ahead, and started at the next free slot.
@@ -94,11 +95,7 @@ async def test_another_owners_job_starts_before_20_more_of_a_2000_job_backlog(
         queued |= await backlog(db, uuid.UUID(int=A.int + 100 + i), 2000 // owners, BATCH)
     log = StartLog(0.01)
     async with running_worker(db_url, log, WorkerConfig(concurrency=4, poll_interval=0.5)):
-        await wait_until(lambda: len(log.started) >= 20, "the backlog under way")
-        before = len(log.started)
-        mine = await one_job(db, B, BATCH)
-        await wait_until(lambda: mine in log.started, "the other owner's job started", timeout=10)
-        behind = log.started_between(before, mine, queued)
+        behind = await log.started_ahead(lambda: one_job(db, B, BATCH), queued)
     assert behind < 20, f"{behind} backlog jobs started between the other owner's INSERT and its start"
 
 
