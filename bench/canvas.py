@@ -33,11 +33,11 @@ import os
 import statistics
 import tempfile
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import asyncpg
 
+from tests.conftest import run_sync
 from tests.e2e.lab import CHROMIUM, CHROMIUM_ARGS, Server, jupyter, open_notebook, run_all_cells
 
 ADMIN = os.environ.get("PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -326,10 +326,9 @@ def main() -> None:
             click_canvas, click_ms = clicks(browser, lab, args.clicks)
             renders = []
             for run in range(args.runs):
-                # A run ends zoomed in, and the canvas keeps its viewport: each starts from the whole canvas.
-                # (in a thread: Playwright's sync API keeps a loop running in this one)
-                with ThreadPoolExecutor(1) as pool:
-                    pool.submit(asyncio.run, set_viewport(dsn, canvas_id, whole)).result()
+                # A run ends zoomed in, and the canvas keeps its viewport: each starts from the whole canvas
+                # (run_sync: in a thread, as Playwright's sync API keeps a loop running in this one).
+                run_sync(lambda: set_viewport(dsn, canvas_id, whole))
                 renders.append(first_render(browser, lab, canvas_id, run, args.nodes))
             browser.close()
         jobs = asyncio.run(click_jobs(dsn, click_canvas))[3:]  # the warm-ups' jobs come first
