@@ -212,7 +212,8 @@ class Service:
             job = row["job"]
             if job is None and idempotency_key is not None and row["pending"] < self.config.max_pending:
                 # A concurrent request with the same key won the insert: return its job.
-                job = await conn.fetchval(q("job_by_key"), owner, idempotency_key)
+                found = await conn.fetchrow(q("jobs_by_keys"), owner, [idempotency_key])
+                job = found["job"] if found is not None else None
             if job is None:
                 raise TooManyPending(
                     f"you have {row['pending']} pending jobs, the most allowed; wait for some to finish "

@@ -50,9 +50,6 @@ select coalesce((select to_jsonb(i) from ins i), (select to_jsonb(e) from existi
 -- $1 job ids, in the order asked. Returns the number of events written.
 select imagen.announce_pending($1::uuid[])
 
--- name: job_by_key
-select to_jsonb(j) as job from imagen.jobs j where j.owner_user_id = $1 and j.idempotency_key = $2
-
 -- name: report_waiting
 select imagen.report_waiting($1, $2)
 
